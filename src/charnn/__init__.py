@@ -1,0 +1,29 @@
+"""charnn: character-level recurrent language models.
+
+    import charnn
+    summary = charnn.train(corpus=["input.txt"], max_time=120, out="runs/mine")
+    model = charnn.load("runs/mine")
+    print(model.generate("ROMEO:", length=200, temperature=0.8, seed=1))
+    print(model.evaluate(open("other.txt").read()).bpc)
+"""
+
+__version__ = "0.1.0"
+
+from charnn.api import CharModel, load  # noqa: E402
+from charnn.errors import CharnnError  # noqa: E402
+from charnn.models import ModelConfig, build_model  # noqa: E402
+from charnn.train import Summary, TrainConfig, train  # noqa: E402
+from charnn.vocab import Vocab  # noqa: E402
+
+__all__ = [
+    "CharModel",
+    "CharnnError",
+    "ModelConfig",
+    "Summary",
+    "TrainConfig",
+    "Vocab",
+    "__version__",
+    "build_model",
+    "load",
+    "train",
+]

@@ -1,0 +1,123 @@
+"""Reading text: files, directories, the bundled corpora; and the train/validation split.
+
+Text is read as Unicode code points (UTF-8 by default). Every problem a user can make with
+a corpus (a missing path, an unreadable file, bytes that are not valid in the encoding, an
+empty corpus) is a CharnnError that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from charnn.errors import CharnnError
+
+# Public-domain corpora shipped inside the package (see corpora/).
+BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
+DEFAULT_CORPUS = "tinyshakespeare"
+ERROR_POLICIES = ("strict", "replace", "ignore")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    text: str
+    sources: tuple[str, ...]  # the files read, in order
+
+
+def bundled_text(name: str = DEFAULT_CORPUS) -> str:
+    """The text of a corpus shipped with charnn."""
+    data = resources.files("charnn").joinpath("corpora", BUNDLED[name]).read_bytes()
+    return data.decode("utf-8")
+
+
+def _files_of(path: Path) -> list[Path]:
+    """A file, or every non-hidden regular file below a directory in sorted order."""
+    if path.is_file():
+        return [path]
+    files = []
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            files.append(p)
+    if not files:
+        raise CharnnError(f"corpus directory {path} holds no files; point CORPUS at text files")
+    return files
+
+
+def _decode(data: bytes, path: Path, encoding: str, errors: str) -> str:
+    try:
+        return data.decode(encoding, errors)
+    except UnicodeDecodeError as e:
+        bad = data[e.start : e.start + 4].hex(" ")
+        raise CharnnError(
+            f"corpus file {path} is not valid {encoding} at byte offset {e.start} "
+            f"(bytes {bad}); pass --encoding with the file's encoding (e.g. --encoding latin-1) "
+            f"or --errors replace to substitute U+FFFD, or --errors ignore to drop bad bytes"
+        ) from None
+
+
+def read_corpus(
+    paths: list[str] | tuple[str, ...] = (),
+    encoding: str = "utf-8",
+    errors: str = "strict",
+) -> Corpus:
+    """Concatenate the text of `paths` (files or directories); none = the bundled corpus."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CharnnError(f"--encoding {encoding!r} is not a known text encoding") from None
+    if errors not in ERROR_POLICIES:
+        raise CharnnError(f"--errors must be one of {', '.join(ERROR_POLICIES)}, got {errors!r}")
+    if not paths:
+        paths = (DEFAULT_CORPUS,)
+
+    # Resolve every path first so that all missing ones are reported at once.
+    sources: list[str | Path] = []  # a bundled corpus name, or a file
+    problems = []
+    for raw in paths:
+        p = Path(raw)
+        if p.exists():
+            sources.extend(_files_of(p))
+        elif raw in BUNDLED:
+            sources.append(raw)
+        else:
+            problems.append(f"corpus path {raw} does not exist")
+    if problems:
+        raise CharnnError("; ".join(problems) + "; pass existing text files or directories")
+
+    texts = [
+        bundled_text(s) if isinstance(s, str) else _read_file(s, encoding, errors)
+        for s in sources
+    ]
+    text = "".join(texts)
+    names = tuple(f"<bundled:{s}>" if isinstance(s, str) else str(s) for s in sources)
+    if not text:
+        raise CharnnError(f"the corpus is empty ({', '.join(names)}); pass a file with some text in it")
+    return Corpus(text, names)
+
+
+def _read_file(path: Path, encoding: str, errors: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CharnnError(f"cannot read corpus file {path}: {e.strerror}; check its permissions") from None
+    return _decode(data, path, encoding, errors)
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The first (1 - val_fraction) of the text trains, the last val_fraction validates.
+
+    This is nanoGPT's split of tiny Shakespeare, so our numbers compare with its own.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise CharnnError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    n_train = int(len(text) * (1.0 - val_fraction))  # nanoGPT: data[:int(n * 0.9)]
+    return text[:n_train], text[n_train:]
+
+
+def text_digest(text: str) -> str:
+    """SHA-256 of a text: a run records it to notice a corpus that changed under it."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -1,0 +1,77 @@
+"""CharLM: input encoding -> recurrent core -> head. The one model contract of charnn.
+
+`CharLM.forward(ids, state)` maps ids (B, T) to raw logits (B, T, V) and the new state.
+It never applies a softmax, never flattens, never computes the loss. The state is an
+opaque value: a tensor or a tuple of tensors, each with the batch on dimension 1 (as in
+torch's (layers, B, H)); the helpers below work on any such shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = torch.Tensor | tuple  # (layers, B, ...) tensors, possibly nested in tuples
+
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state):
+    """Apply `fn` to every tensor of a state, keeping its shape of tuples."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    return tuple(map_state(fn, s) for s in state)
+
+
+def detach_state(state):
+    """Cut the graph at a truncated-BPTT window edge."""
+    return map_state(torch.Tensor.detach, state)
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    """The tensors of a state in a fixed order (for saving)."""
+    if state is None:
+        return []
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in state_tensors(s)]
+
+
+def char_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in nats per character. reduction: "mean", "sum", or "none" -> (B, T)."""
+    V = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
+class CharLM(nn.Module):
+    def __init__(self, config, core: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        V = config.vocab_size
+        self.embed = nn.Embedding(V, config.embed) if config.input == "embedding" else None
+        self.core = core
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden, V)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.embed if self.embed is not None else self.config.vocab_size
+
+    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (B, T) -> input vectors (B, T, D): a learned embedding, or one-hot as in the tutorial."""
+        if self.embed is not None:
+            return self.embed(ids)
+        return F.one_hot(ids, self.config.vocab_size).to(self.head.weight.dtype)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None):
+        """The zero state, on the model's device and in its dtype unless told otherwise."""
+        return self.core.initial_state(batch_size, device)
+
+    def forward(self, ids: torch.Tensor, state=None):
+        x = self.encode(ids)  # (B, T, D)
+        y, state = self.core(x, state)  # (B, T, H)
+        return self.head(self.drop(y)), state  # (B, T, V)

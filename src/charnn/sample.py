@@ -1,0 +1,124 @@
+"""Sampling: a pure next-token function, and generate() that streams ids as it goes.
+
+Sampling knows only ids; text is encoded and decoded at the edges (the CLI, the server,
+the Python API). `generate` primes the state on the prompt in one pass, then steps one
+character at a time carrying the state: each step is O(1) in the length of the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from charnn.errors import CharnnError
+
+
+def sampling_problems(temperature: float, top_k: int, top_p: float) -> list[str]:
+    p = []
+    if not temperature >= 0:
+        p.append(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        p.append(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        p.append(f"--top-p must be in (0, 1] (1 = off), got {top_p}")
+    return p
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next ids (B,) from logits (B, V). temperature 0 = argmax; top_k 0 and top_p 1 = off."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose probability reaches top_p.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above
+        drop = before >= top_p  # never drops the top token (before = 0)
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    prime: Sequence[Sequence[int]] | torch.Tensor,
+    length: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+    banned: Sequence[int] = (),
+) -> Iterator[torch.Tensor]:
+    """Yield `length` steps of next ids (B,) for B primes of equal length.
+
+    `banned` ids (special tokens such as <unk>) are never sampled. The same seed gives the
+    same ids.
+    """
+    problems = sampling_problems(temperature, top_k, top_p)
+    if problems:
+        raise CharnnError("; ".join(problems))
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(prime, dtype=torch.long, device=device)
+    if ids.dim() != 2 or ids.shape[1] == 0:
+        raise ValueError("prime must be (B, P) with P >= 1")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
+
+    logits, state = model(ids)  # prime the state in one pass: (B, P, V)
+    last = logits[:, -1]
+    for _ in range(length):
+        if len(banned_ids):
+            last = last.index_fill(-1, banned_ids, float("-inf"))
+        nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
+        yield nxt
+        logits, state = model(nxt[:, None], state)
+        last = logits[:, -1]
+
+
+class StopFilter:
+    """Cut a text stream before the first occurrence of a stop string.
+
+    `feed` returns the part of the text that is safe to show now: a tail that could be
+    the start of a stop string is held back until the next piece shows it is not.
+    """
+
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += piece
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.buffer, self.stopped = self.buffer[:cut], "", True
+            return out
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buffer)), 0, -1):
+                if self.buffer.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.buffer[: len(self.buffer) - hold]
+        self.buffer = self.buffer[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
