@@ -452,7 +452,8 @@ class Trainer:
             ) from None
         from charnn.plot import plot_run
 
-        plot_run(self.run_dir)
+        if plot_run(self.run_dir) is None:
+            self.progress.message("loss curve not drawn: matplotlib is missing (pip install 'charnn[plot]')")
         return self._summary(reason)
 
     def _fraction(self, started: float) -> float:
