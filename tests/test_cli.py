@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from charnn.cli import main
-
 from conftest import TINY_TEXT
 
 TINY = ["--hidden", "16", "--embed", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "16",
@@ -194,3 +193,15 @@ def test_resume_errors(capsys, tiny_run, tmp_path):
 def test_resume_finished_run_exits_zero(capsys, tiny_run):
     code, out, _ = run(capsys, "train", "--resume", tiny_run)
     assert code == 0 and "already finished at step 30" in out
+
+
+def test_presets(capsys, corpus_file, tmp_path):
+    code, out, _ = run(capsys, "train", "--list-presets")
+    assert code == 0 and "quick" in out and "--max-time 30.0" in out
+    code, _, err = run(capsys, "train", "--preset", "nope")
+    assert_user_error(code, err, "--preset must be one of", "'nope'")
+    # A preset sets defaults; explicit flags still win.
+    from charnn.train import resolve
+
+    model, cfg = resolve({"preset": "quick", "hidden": 32, "corpus": [str(corpus_file)], "out": str(tmp_path / "r")})
+    assert model.hidden == 32 and model.layers == 1 and cfg.max_time == 30.0 and cfg.preset == "quick"

@@ -50,7 +50,7 @@ def test_empty_directory(tmp_path):
 
 def test_invalid_utf8_names_file_and_offset(tmp_path):
     p = tmp_path / "latin.txt"
-    p.write_bytes("caf".encode() + b"\xe9 ok")
+    p.write_bytes(b"caf" + b"\xe9 ok")
     with pytest.raises(CharnnError, match=r"latin.txt is not valid utf-8 at byte offset 3.*--encoding.*--errors"):
         read_corpus([str(p)])
     assert read_corpus([str(p)], encoding="latin-1").text == "café ok"

@@ -5,7 +5,7 @@ import torch
 
 from charnn.evaluate import evaluate_ids
 from charnn.models import CORES, ModelConfig, build_model
-from charnn.models.lm import char_loss, detach_state, map_state
+from charnn.models.lm import char_loss, detach_state, state_tensors
 
 ALL_CORES = sorted(CORES)
 
@@ -26,9 +26,7 @@ def test_two_chunks_with_carried_state_equal_one_pass(model, input):
     b, s = m(ids[:, 7:], s)
     assert whole.shape == (3, 20, 11)
     torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=0, atol=1e-12)
-    map_state(lambda t: None, s)
-    for x, y in zip(detach_state(s) if isinstance(s, tuple) else [s],
-                    s_whole if isinstance(s_whole, tuple) else [s_whole]):
+    for x, y in zip(state_tensors(detach_state(s)), state_tensors(s_whole)):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
 
 
@@ -65,3 +63,14 @@ def test_bad_model_settings_reported_together():
 
     with pytest.raises(CharnnError, match=r"--model must be one of.*--hidden must be a positive.*--dropout"):
         build_model(ModelConfig(model="transformer", hidden=0, dropout=1.5, vocab_size=5))
+
+
+@pytest.mark.parametrize("model", ALL_CORES)
+def test_step_equals_forward(model):
+    m = tiny(model)
+    ids = torch.randint(0, 11, (3, 6))
+    whole, _ = m(ids)
+    state = None
+    for t in range(6):
+        logits, state = m.step(ids[:, t], state)
+        torch.testing.assert_close(logits, whole[:, t], rtol=0, atol=1e-12)

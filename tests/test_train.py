@@ -14,7 +14,6 @@ import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
 from charnn.train import Trainer, resolve
-
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -173,7 +172,7 @@ def test_sigkill_at_random_moments_always_resumes(corpus_file, tmp_path):
     straight.communicate(timeout=300)
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(40):
+    for _attempt in range(40):
         started = (tmp_path / "b" / "config.json").exists()
         p = cli("train", *(["--resume", str(tmp_path / "b"), "--quiet"] if started else flags))
         try:

@@ -60,6 +60,9 @@ def _add_train(sub) -> None:
                    help="run directory to create (default: runs/<corpus name>, numbered if taken)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a run where it stopped; only stopping, logging and device flags may change")
+    p.add_argument("--preset", dest="preset", default=argparse.SUPPRESS, metavar="NAME",
+                   help="start from a named bundle of settings; flags given still win (see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
 
     m = p.add_argument_group("model")
     _flag(m, ModelConfig, "model", "recurrent core", choices=list(CORES))
@@ -109,7 +112,13 @@ def _cmd_train(args) -> int:
     from charnn.api import load
     from charnn.train import Trainer, format_summary, resolve
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "resume", "quiet", "command")}
+    if args.list_presets:
+        from charnn.presets import format_presets
+
+        print(format_presets())
+        return 0
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("func", "resume", "quiet", "command", "list_presets")}
     model_config, cfg = resolve(settings, args.resume)
     trainer = Trainer(model_config, cfg, resume=args.resume is not None, progress=not args.quiet)
     summary = trainer.run()

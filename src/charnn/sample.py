@@ -85,8 +85,7 @@ def generate(
             last = last.index_fill(-1, banned_ids, float("-inf"))
         nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
         yield nxt
-        logits, state = model(nxt[:, None], state)
-        last = logits[:, -1]
+        last, state = model.step(nxt, state)  # (B, V)
 
 
 class StopFilter:

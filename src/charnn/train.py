@@ -62,6 +62,7 @@ class TrainConfig:
     dtype: str = "auto"  # autocast dtype: auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto = cuda if available, else cpu
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    preset: str = ""  # the named bundle of settings this run started from (presets.py)
 
     def problems(self) -> list[str]:
         p = []
@@ -523,6 +524,11 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
             )
         cfg = replace(saved, **{k: v for k, v in train_kw.items() if k in RESUME_OVERRIDES}, out=str(resume))
         return files.model_config, cfg
+    if train_kw.get("preset"):
+        from charnn.presets import preset_settings
+
+        preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
+        model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}
     model_config = ModelConfig(**model_kw)
     cfg = TrainConfig(**train_kw)
     problems = model_config.problems() + cfg.problems()

@@ -75,3 +75,11 @@ class CharLM(nn.Module):
         x = self.encode(ids)  # (B, T, D)
         y, state = self.core(x, state)  # (B, T, H)
         return self.head(self.drop(y)), state  # (B, T, V)
+
+    def step(self, ids: torch.Tensor, state=None):
+        """One character for each of B streams: ids (B,) -> logits (B, V) and the new state.
+
+        The sampling loop and the server call this once per generated character.
+        """
+        logits, state = self(ids[:, None], state)  # (B, 1, V)
+        return logits[:, 0], state
