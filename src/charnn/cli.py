@@ -155,6 +155,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop a sample before this string (repeatable)")
     p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="prime characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="sampling engine: auto = ONNX Runtime when installed (same numbers, faster), else torch (default: auto)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 = dynamically quantised weights: faster, slightly lower quality (default: none)")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -175,7 +179,7 @@ def _cmd_sample(args) -> int:
         problems.append(f"--num-samples must be a positive integer, got {args.num_samples}")
     if problems:
         raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device)
+    model = load(args.run_dir, args.device, args.backend, args.quantize)
     model.prime_ids(args.prime, args.unknown)  # report unknown characters before printing anything
     seed = args.seed
     if seed is None:
@@ -236,6 +240,36 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# --- export -----------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run's one-step function (ONNX)",
+                       description="Export the one-step function (ids, state -> logits, state) of a run's best "
+                                   "weights, and check it against PyTorch.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 = dynamically quantised weights (default: none)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="output file (default: RUN_DIR/step.onnx or step-int8.onnx, where charnn sample finds it)")
+    p.add_argument("--check-chars", type=int, default=20000,
+                   help="validation characters scored through both paths to report the bpc cost, 0 = skip (default: 20000)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from charnn.export import export_run
+
+    if args.check_chars < 0:
+        raise CharnnError(f"--check-chars must be >= 0, got {args.check_chars}")
+    r = export_run(args.run_dir, args.format, args.quantize, args.out, args.check_chars)
+    print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB); max |logit difference| vs PyTorch over "
+          f"{r.steps} steps: {r.max_logit_diff:.2e}")
+    if r.bpc_torch is not None:
+        print(f"validation ({r.chars:,} characters, stepwise): {r.bpc_export:.4f} bpc exported vs "
+              f"{r.bpc_torch:.4f} bpc PyTorch ({r.bpc_export - r.bpc_torch:+.4f})")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from charnn import __version__
@@ -247,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_export(sub)
     return parser
 
 

@@ -144,3 +144,26 @@ def validation_text(files) -> str:
             f"evaluate on a file with --text FILE"
         )
     return val
+
+
+@torch.inference_mode()
+def evaluate_steps(stepper, ids, streams: int = 16) -> EvalResult:
+    """Stateful loss computed one character at a time through a sampling stepper.
+
+    This scores exactly the path that sampling uses (e.g. the int8 ONNX step), so comparing
+    it with the float32 step on the same text measures what quantisation costs. The text is
+    read as `streams` contiguous segments in parallel, each from a fresh state.
+    """
+    ids = _as_tensor(ids)
+    n = (len(ids) - 1) // streams  # characters scored per stream
+    if n < 1:
+        raise CharnnError("the evaluation text is too short for the number of streams")
+    rows = ids[: streams * n + 1]
+    x = torch.stack([rows[s * n : s * n + n] for s in range(streams)])  # (S, n)
+    y = torch.stack([rows[s * n + 1 : s * n + n + 1] for s in range(streams)])
+    state = stepper.initial_state(streams)
+    total = 0.0
+    for t in range(n):
+        logits, state = stepper.step(x[:, t], state)
+        total += float(torch.nn.functional.cross_entropy(logits.float(), y[:, t], reduction="sum"))
+    return EvalResult.from_sum(total, streams * n, "stateful")
