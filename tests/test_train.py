@@ -46,8 +46,8 @@ def assert_identical(run_a, run_b):
 @pytest.mark.parametrize(
     "extra",
     [{}, {"batching": "windows"}, {"dropout": 0.3, "layers": 2, "model": "gru"},
-     {"dtype": "bfloat16", "model": "rnn"}],
-    ids=["streams", "windows", "dropout-gru", "bf16-rnn"],
+     {"dtype": "bfloat16", "model": "rnn"}, {"reset_prob": 0.3}],
+    ids=["streams", "windows", "dropout-gru", "bf16-rnn", "reset-prob"],
 )
 def test_resume_is_bit_identical(corpus_file, tmp_path, extra):
     N, k = 40, 17

@@ -77,6 +77,7 @@ def _add_train(sub) -> None:
     _flag(d, TrainConfig, "encoding", "text encoding of the corpus files")
     _flag(d, TrainConfig, "errors", "what to do with bytes invalid in --encoding", choices=list(ERROR_POLICIES))
     _flag(d, TrainConfig, "batching", "batch layout: stateful TBPTT streams or random windows", choices=list(LAYOUTS))
+    _flag(d, TrainConfig, "reset_prob", "streams: chance per window that a stream forgets its state (cold-start practice)", type=float)
     _flag(d, TrainConfig, "batch_size", "sequences per batch", type=int)
     _flag(d, TrainConfig, "seq_len", "characters per sequence (the TBPTT window)", type=int)
 

@@ -26,7 +26,7 @@ from charnn.corpus import Corpus, read_corpus, split_text, text_digest
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig, build_model
-from charnn.models.lm import char_loss, detach_state, state_tensors
+from charnn.models.lm import char_loss, detach_state, map_state, state_tensors
 from charnn.progress import Progress, format_duration
 from charnn.vocab import Vocab
 
@@ -42,6 +42,7 @@ class TrainConfig:
     errors: str = "strict"  # strict | replace | ignore
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
+    reset_prob: float = 0.0  # streams: chance per window that a row's carried state is dropped
     batch_size: int = 32
     seq_len: int = 96
     lr: float = 4e-3
@@ -84,6 +85,8 @@ class TrainConfig:
             p.append(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             p.append(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.reset_prob <= 1:
+            p.append(f"--reset-prob must be in [0, 1], got {self.reset_prob}")
         if not 0 <= self.val_fraction < 1:
             p.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.batching not in LAYOUTS:
@@ -190,7 +193,9 @@ class Trainer:
         ids = self.vocab.encode(corpus.text, what="the corpus")
         self.train_ids = ids[: len(train_text)]
         self.val_ids = ids[len(train_text) :]
-        self.batches = make_batches(cfg.batching, self.train_ids, cfg.batch_size, cfg.seq_len, cfg.seed)
+        self.batches = make_batches(
+            cfg.batching, self.train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, reset_prob=cfg.reset_prob
+        )
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_config).to(self.device)
@@ -312,6 +317,9 @@ class Trainer:
         batch = self.batches.next()
         if batch.reset:
             self.state = None
+        elif batch.fresh is not None and self.state is not None and batch.fresh.any():
+            keep = (~batch.fresh).to(self.device)
+            self.state = map_state(lambda t: t * keep.view(1, -1, *[1] * (t.dim() - 2)).to(t.dtype), self.state)
         x, y = batch.x.to(self.device), batch.y.to(self.device)
         lr = lr_at(self.step, self.cfg, self.total_steps)
         for group in self.optimizer.param_groups:
