@@ -5,7 +5,7 @@ MFU against this machine's measured matmul peak, and the tutorial's char-by-char
     python benchmarks/train_speed.py --quick    # a smoke run in seconds
 
 The bare loop does the same arithmetic as charnn's (forward with the carried state, loss,
-backward, gradient clipping, AdamW step) on pre-generated ids, with nothing else; charnn's
+backward, gradient clipping, fused AdamW step) on pre-generated ids, with nothing else; charnn's
 loop is the real Trainer on tiny Shakespeare (batch iterator, schedule, state detach, NaN
 guard, progress, metrics). Both are timed over the same number of steps, interleaved, and
 the better of two rounds is kept for each, so a slow moment on a shared machine hurts both.
@@ -35,7 +35,7 @@ def flops_params(model) -> int:
 def bare_loop(model_cfg: ModelConfig, B: int, T: int, steps: int, dtype: torch.dtype) -> float:
     torch.manual_seed(0)
     model = build_model(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     data = torch.randint(0, V, (B, (steps + 3) * T + 1))
     state = None
 
