@@ -208,6 +208,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--text", metavar="FILE", default=None, help="score this file instead of the validation split")
     p.add_argument("--protocol", choices=PROTOCOLS, default="stateful",
                    help="stateful: one pass carrying the state; windows: 256-character windows from a fresh state (default: stateful)")
+    p.add_argument("--window", type=int, default=256, help="windows protocol: characters per window (default: 256)")
     p.add_argument("--streams", type=int, default=1, help="stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
     p.add_argument("--encoding", default="utf-8", help="encoding of --text (default: utf-8)")
@@ -222,8 +223,10 @@ def _cmd_eval(args) -> int:
     from charnn.corpus import read_corpus
     from charnn.evaluate import evaluate_ids, validation_text
 
-    if args.streams < 1:
-        raise CharnnError(f"--streams must be a positive integer, got {args.streams}")
+    problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
+                for name in ("streams", "window") if getattr(args, name) < 1]
+    if problems:
+        raise CharnnError("; ".join(problems))
     model = load(args.run_dir, args.device)
     if args.text is not None:
         text, what = read_corpus([args.text], args.encoding, args.errors).text, args.text
@@ -232,7 +235,7 @@ def _cmd_eval(args) -> int:
 
         text, what = validation_text(read_run(args.run_dir)), "validation split"
     ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
-    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams)
+    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams, window=args.window)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:

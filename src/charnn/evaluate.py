@@ -77,22 +77,22 @@ def _stateful(model, ids: torch.Tensor, chunk: int, streams: int, warmup: int, d
 
 
 @torch.inference_mode()
-def _windows(model, ids: torch.Tensor, batch_size: int, device) -> tuple[float, int]:
-    n_windows = (len(ids) - 1) // WINDOW
+def _windows(model, ids: torch.Tensor, batch_size: int, device, window: int) -> tuple[float, int]:
+    n_windows = (len(ids) - 1) // window
     if n_windows == 0:
         raise CharnnError(
-            f"the text has {len(ids)} characters, too few for one {WINDOW}-character window "
+            f"the text has {len(ids)} characters, too few for one {window}-character window "
             f"of the windows protocol; use --protocol stateful"
         )
-    starts = torch.arange(n_windows) * WINDOW
+    starts = torch.arange(n_windows) * window
     total = 0.0
     for i in range(0, n_windows, batch_size):
         s = starts[i : i + batch_size]
-        idx = s[:, None] + torch.arange(WINDOW + 1)[None, :]  # (B, WINDOW + 1)
+        idx = s[:, None] + torch.arange(window + 1)[None, :]  # (B, window + 1)
         chunk = ids[idx].to(device)
         logits, _ = model(chunk[:, :-1])
         total += float(char_loss(logits, chunk[:, 1:], reduction="sum"))
-    return total, n_windows * WINDOW
+    return total, n_windows * window
 
 
 def evaluate_ids(
@@ -104,6 +104,7 @@ def evaluate_ids(
     warmup: int = 1024,
     chunk: int = 1024,
     batch_size: int = 64,
+    window: int = WINDOW,
 ) -> EvalResult:
     """Score the ids (a 1-D array or tensor) with the model under `protocol`."""
     if protocol not in PROTOCOLS:
@@ -116,7 +117,7 @@ def evaluate_ids(
     model.eval()
     try:
         if protocol == "windows":
-            total, chars = _windows(model, ids, batch_size, device)
+            total, chars = _windows(model, ids, batch_size, device, window)
         else:
             total, chars = _stateful(model, ids, chunk, streams, warmup, device), len(ids) - 1
     finally:
