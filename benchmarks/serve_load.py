@@ -37,7 +37,6 @@ import threading
 import time
 from pathlib import Path
 
-
 # Prompts of different lengths, as real traffic has (prompts of equal length that arrive
 # together are primed in one pass).
 PROMPTS = ["ROMEO:\n", "JULIET:\n", "First Citizen:\n", "KING RICHARD III:\n", "O",

@@ -101,7 +101,8 @@ class CompletionRequest(BaseModel):
     top_k: int | None = Field(0, ge=0, description="sample from the k most likely characters, 0 = off")
     n: int | None = Field(1, ge=1, description="choices per prompt; choice i uses seed + i")
     stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} strings that end a choice")
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="the same seed gives the same text; none = random")
+    seed: int | None = Field(None, ge=-(2**53), le=2**53,
+                             description="the same seed gives the same text; none = random (|seed| <= 2^53, exact in JSON)")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     echo: bool | None = Field(False, description="put the prompt before the completion")
@@ -162,6 +163,15 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# One server-sent event, as OpenAPI 3.1 documents an event stream (a schema per event).
+_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "a JSON completion chunk, or [DONE] last"},
+                   "event": {"type": "string"}},
+    "required": ["data"],
+}
 
 
 def _errors(*statuses: int) -> dict:
@@ -354,7 +364,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
     @app.post(
         "/v1/completions", response_model=Completion,
         responses={
-            200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+            200: {"content": {"text/event-stream": {"schema": _EVENT}},
                   "description": "a completion, or with stream: server-sent events ending 'data: [DONE]'"},
             **_errors(400, 401, 404, 413, 429, 503),
         },
@@ -385,9 +395,12 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
 
     original_openapi = app.openapi
 
-    def openapi():  # the Guard checks the key; say so in the document
+    def openapi():  # the models served, and the Guard's key check, go into the document
         first = app.openapi_schema is None
         schema = original_openapi()
+        if first:
+            _document_limits(schema["components"]["schemas"]["CompletionRequest"]["properties"],
+                             list(served), config)
         if first and config.api_key:
             schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             for path, ops in schema["paths"].items():
@@ -399,6 +412,36 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
     app.openapi = openapi
     app.state.engines = {mid: s.engine for mid, s in served.items()}
     return app
+
+
+def _document_limits(props: dict, models: list[str], config: ServeConfig) -> None:
+    """Put the served models and this server's limits into the request's JSON Schema."""
+
+    def limit(prop: dict, kind: str, **keywords) -> None:
+        for branch in prop.get("anyOf", [prop]):
+            if branch.get("type") == kind:
+                branch.update(keywords)
+
+    props["model"]["enum"] = models
+    limit(props["max_tokens"], "integer", maximum=config.max_tokens)
+    limit(props["n"], "integer", maximum=config.max_n)
+    limit(props["prompt"], "string", maxLength=config.max_prompt)
+    limit(props["prompt"], "array", minItems=1, maxItems=config.max_n)
+    for branch in props["prompt"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["items"]["maxLength"] = config.max_prompt
+    limit(props["stop"], "string", maxLength=MAX_STOP_CHARS)
+    limit(props["stop"], "array", maxItems=MAX_STOPS)
+    for branch in props["stop"]["anyOf"]:
+        if branch.get("type") == "array":
+            branch["items"]["maxLength"] = MAX_STOP_CHARS
+    # Accepted for compatibility, with their neutral values only.
+    limit(props["logprobs"], "integer", minimum=0, maximum=0)
+    limit(props["best_of"], "integer", minimum=1, maximum=1)
+    limit(props["suffix"], "string", maxLength=0)
+    limit(props["presence_penalty"], "number", minimum=0, maximum=0)
+    limit(props["frequency_penalty"], "number", minimum=0, maximum=0)
+    limit(props["logit_bias"], "object", maxProperties=0)
 
 
 def _version() -> str:
