@@ -4,11 +4,12 @@ An RNN step for 32 streams costs little more than for one (the weights are read 
 step either way), so an engine keeps all the streams of a model in one batch and steps
 them together, letting streams join and leave between steps:
 
-    submit ──► pending groups (bounded) ──► admit: prime the prompt alone, in one pass
-                                            (B=1, as sample.generate does), fan its state
-                                            and last logits out to n rows of the batch
-    loop:  sample one id per row, each with its own settings and generator (sample_rows)
-           ──► text, stop strings ──► the job's outputs
+    submit ──► pending groups (bounded) ──► admit: prime each prompt in one pass, as
+                                            sample.generate does (prompts of equal length
+                                            that arrive together share the pass), and fan
+                                            its state and last logits out to n rows
+    loop:  sample one id per row, each with its own settings and its own generator's
+           noise (sample_rows) ──► text, stop strings ──► the job's outputs
            ──► drop finished and cancelled rows ──► model.step(ids (B,), state) for the rest
 
 A job is one request's choices. The engine thread fills it; the caller (the HTTP server,
@@ -19,9 +20,9 @@ at the next step.
 Seeds: choice i of each prompt uses seed + i, as `charnn sample --num-samples` does. A
 choice alone in the batch produces exactly the text `charnn.load(run).generate(...)` gives
 for the same settings and seed. Beside other streams its text is the same too, except that
-BLAS kernels may round the step differently at a different batch size (differences of
-about 1e-8 in the logits), which changes a character only where two candidates are tied
-within that margin.
+BLAS kernels may round a step (or a shared priming pass) differently at a different batch
+size (differences of about 1e-8 in the logits), which changes a character only where two
+candidates are tied within that margin.
 """
 
 from __future__ import annotations
@@ -254,6 +255,7 @@ class Engine:
             if not g.job.cancelled:
                 admit.append(g)
                 free -= len(g.seeds)
+                self._active += len(g.seeds)  # counted as running from now on, not as waiting
         return admit
 
     def _admit(self, groups: list[_Group]) -> None:
