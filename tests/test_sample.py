@@ -84,3 +84,14 @@ def test_stop_string_in_generation(tiny_run):
     stop = full[5:7]
     cut = m.generate("R", 200, temperature=0, stop=[stop])
     assert cut == full[: full.index(stop)]
+
+
+def test_sample_next_draws_what_torch_multinomial_draws():
+    # sample_next draws by argmax(p / q), q ~ Exp(1): torch.multinomial's own algorithm for one
+    # sample, so seeds give the same characters as a plain multinomial sampler would.
+    logits = torch.randn(5, 40)
+    for seed in range(20):
+        ours = sample_next(logits, 0.7, generator=torch.Generator().manual_seed(seed))
+        probs = torch.softmax(logits / 0.7, dim=-1)
+        theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).squeeze(-1)
+        assert torch.equal(ours, theirs)

@@ -31,13 +31,13 @@ KEY = "test-key-123"
 
 def slowed(model: charnn.CharModel, seconds: float) -> charnn.CharModel:
     """Make every step of `model` take at least `seconds`, so that a test can act mid-stream."""
-    step = model.model.step
+    step = model.stepper.step
 
     def slow(ids, state=None):
         time.sleep(seconds)
         return step(ids, state)
 
-    model.model.step = slow
+    model.stepper.step = slow
     return model
 
 

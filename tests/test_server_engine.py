@@ -152,7 +152,7 @@ def test_close_finishes_open_jobs_with_an_error(model):
 
 def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny_run, model):
     broken = charnn.load(tiny_run)
-    step, calls = broken.model.step, []
+    step, calls = broken.stepper.step, []
 
     def flaky(ids, state=None):
         calls.append(1)
@@ -160,7 +160,7 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny_run, model):
             raise RuntimeError("boom")
         return step(ids, state)
 
-    broken.model.step = flaky
+    broken.stepper.step = flaky
     e = Engine(broken, max_batch=4, max_queue=4).start()
     try:
         job = e.submit([model.prime_ids("R")], 2, Sampling(50), seed=1)

@@ -299,6 +299,10 @@ def _add_serve(sub) -> None:
     _flag(p, ServeConfig, "max_body", "most bytes in a request body; beyond it: 413", type=int)
     _flag(p, ServeConfig, "timeout", "seconds a request may take, queueing included", type=float)
     _flag(p, ServeConfig, "device", "torch device: cpu, cuda, cuda:N, mps")
+    _flag(p, ServeConfig, "backend", "sampling engine: auto = ONNX Runtime when the run has an export, else torch",
+          choices=["auto", "torch", "onnx"])
+    _flag(p, ServeConfig, "quantize", "int8 = dynamically quantised weights: faster, slightly lower quality",
+          choices=["none", "int8"])
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=_cmd_serve)
 

@@ -10,7 +10,7 @@ them together, letting streams join and leave between steps:
                                             its state and last logits out to n rows
     loop:  sample one id per row, each with its own settings and its own generator's
            noise (sample_rows) ──► text, stop strings ──► the job's outputs
-           ──► drop finished and cancelled rows ──► model.step(ids (B,), state) for the rest
+           ──► drop finished and cancelled rows ──► stepper.step(ids (B,), state) for the rest
 
 A job is one request's choices. The engine thread fills it; the caller (the HTTP server,
 or any thread) takes what is ready with `Job.take()`, woken by the `on_ready` callback or
@@ -144,7 +144,8 @@ class Engine:
 
     def __init__(self, model, max_batch: int = 64, max_queue: int = 256) -> None:
         """`model` is a charnn.api.CharModel (what charnn.load returns)."""
-        self.lm = model.model
+        self.lm = model.model  # primes prompts with its fused forward pass
+        self.stepper = model.stepper  # the fast one-step path (inference.make_stepper)
         self.device = next(self.lm.parameters()).device
         self.chars = list(model.vocab.chars) + [""] * len(model.vocab.specials)  # id -> text
         self.banned = torch.as_tensor(model.banned, dtype=torch.long, device=self.device)
@@ -336,7 +337,7 @@ class Engine:
             self._noise = self._noise.index_select(0, idx)
             self._rows = [rows[b] for b in keep]
             self._settings = None
-        self._logits, self._state = self.lm.step(nxt, self._state)  # (B, V)
+        self._logits, self._state = self.stepper.step(nxt, self._state)  # (B, V)
 
     def _clear(self) -> None:
         self._rows, self._logits, self._state, self._noise, self._settings = [], None, None, None, None

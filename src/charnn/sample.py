@@ -32,23 +32,24 @@ def sample_next(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next ids (B,) from logits (B, V). temperature 0 = argmax; top_k 0 and top_p 1 = off."""
+    """Next ids (B,) from logits (B, V). temperature 0 = argmax; top_k 0 and top_p 1 = off.
+
+    The same draw as `torch.multinomial(probs, 1, generator=generator)` (see sample_rows),
+    and the same code as the server's batched sampler, so a seed means the same text
+    everywhere.
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    V = logits.shape[-1]
-    if 0 < top_k < V:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose probability reaches top_p.
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above
-        drop = before >= top_p  # never drops the top token (before = 0)
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    B, V = logits.shape
+    device = logits.device
+    noise = torch.empty(B, V, device=device).exponential_(generator=generator)  # (B, V)
+    return sample_rows(
+        logits,
+        torch.full((B,), float(temperature), device=device),
+        torch.full((B,), int(top_k), dtype=torch.long, device=device),
+        torch.full((B,), float(top_p), device=device),
+        noise,
+    )
 
 
 def sample_rows(
@@ -61,12 +62,14 @@ def sample_rows(
     """Next ids (B,) for B independent streams, each with its own settings and random stream.
 
     logits (B, V); temperature, top_p float32 (B,); top_k int64 (B,); noise (B, V) float32.
-    This is sample_next made batched for the server, where requests with different settings
-    and seeds share one step. The draw is torch.multinomial's own for one sample: argmax of
+    This is the one sampler: sample_next calls it for a batch with shared settings, the
+    server for requests with different settings and seeds sharing one step. The draw is torch.multinomial's own for one sample: argmax of
     p / q with q ~ Exp(1) (aten/src/ATen/native/Distributions.cpp), so if row i of `noise`
     is `torch.empty(1, V).exponential_(generator=g)`, row i of the result is exactly
     `sample_next(logits[i:i+1], temperature[i], top_k[i], top_p[i], g)` (and consumes g the
     same way), whatever the other rows hold. Greedy rows (temperature 0) ignore their noise.
+    Top-k keeps the k largest logits; top-p then keeps the smallest set of most likely
+    tokens whose probability reaches p (never dropping the most likely one).
     """
     B, V = logits.shape
     greedy = temperature == 0  # (B,)

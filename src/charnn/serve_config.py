@@ -24,6 +24,8 @@ class ServeConfig:
     max_body: int = 1 << 20  # bytes per request body
     timeout: float = 300.0  # seconds per request, queueing included
     device: str = "cpu"
+    backend: str = "auto"  # sampling engine (inference.make_stepper): auto | torch | onnx
+    quantize: str = "none"  # none | int8
 
     def problems(self) -> list[str]:
         p = []
@@ -38,6 +40,10 @@ class ServeConfig:
             p.append(f"--max-queue must be >= 0 (0 = no waiting), got {self.max_queue}")
         if self.max_n > self.max_batch:
             p.append(f"--max-n ({self.max_n}) must not exceed --max-batch ({self.max_batch})")
+        if self.backend not in ("auto", "torch", "onnx"):
+            p.append(f"--backend must be one of auto, torch, onnx, got {self.backend!r}")
+        if self.quantize not in ("none", "int8"):
+            p.append(f"--quantize must be one of none, int8, got {self.quantize!r}")
         if not self.timeout > 0:
             p.append(f"--timeout must be > 0 seconds, got {self.timeout}")
         return p

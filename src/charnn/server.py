@@ -625,9 +625,11 @@ def model_ids(run_dirs: Sequence[str]) -> dict[str, Path]:
     return ids
 
 
-def load_models(run_dirs: Sequence[str], device: str = "cpu") -> dict[str, CharModel]:
-    """Load every run once, through the checkpoint module."""
-    return {mid: load_model(run, device) for mid, run in model_ids(run_dirs).items()}
+def load_models(
+    run_dirs: Sequence[str], device: str = "cpu", backend: str = "auto", quantize: str = "none"
+) -> dict[str, CharModel]:
+    """Load every run once, through the checkpoint module, with its sampling engine."""
+    return {mid: load_model(run, device, backend, quantize) for mid, run in model_ids(run_dirs).items()}
 
 
 def is_loopback(host: str) -> bool:
@@ -690,7 +692,7 @@ def url_of(sock: socket.socket) -> str:
 def serve(run_dirs: Sequence[str], config: ServeConfig, quiet: bool = False) -> None:
     """Load the runs, listen, and serve until Ctrl-C."""
     check_all(config.problems())
-    models = load_models(run_dirs, config.device)
+    models = load_models(run_dirs, config.device, config.backend, config.quantize)
     app = create_app(models, config)
     sock = open_socket(config.host, config.port)
     warning = exposure_warning(config.host, config.api_key)
