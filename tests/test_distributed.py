@@ -108,6 +108,19 @@ def test_batch_size_is_global_and_must_split_over_the_ranks(corpus_file, tmp_pat
     assert not (tmp_path / "r").exists()  # rank 1 never creates the run directory
 
 
+def test_ranks_of_the_windows_layout_split_each_global_batch():
+    import numpy as np
+
+    from charnn.batching import WindowBatches
+
+    data = np.arange(2000, dtype=np.uint16)
+    whole = WindowBatches(data, batch_size=6, seq_len=10, seed=5)
+    parts = [WindowBatches(data, batch_size=3, seq_len=10, seed=5, rank=r, world_size=2) for r in range(2)]
+    assert parts[0].steps_per_epoch == whole.steps_per_epoch
+    for _ in range(2 * whole.steps_per_epoch + 1):  # across epoch boundaries
+        assert torch.equal(torch.cat([p.next().x for p in parts]), whole.next().x)
+
+
 # --- torchrun ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
@@ -202,3 +215,25 @@ def test_time_budget_and_sigint_stop_all_ranks_together(straight, tmp_path):
     assert t["stop_reason"] == "interrupted" and not t["finished"]
     assert t["step"] >= 30 and t["total_steps"] > t["step"]  # calibrated: broadcast after step 20
     assert ck.extra["state.0"].shape == (1, 4, 16)
+
+
+@pytest.mark.slow
+def test_a_distributed_run_resumes_in_one_process(straight, tmp_path, capsys):
+    """Another number of processes: the global batch, data position and all 4 rows of the
+    hidden state carry over; only the random streams restart (and it says so)."""
+    import shutil
+
+    run = tmp_path / "moved"
+    shutil.copytree(straight["run"], run)
+    s = charnn.train(resume=str(run), max_steps=STEPS + 10, progress=True)
+    assert s.step == STEPS + 10 and s.stop_reason == "steps"
+    assert "saved by 2 process(es) with 1" in capsys.readouterr().err
+    import numpy as np
+
+    from charnn.batching import StreamBatches
+
+    one = StreamBatches(np.zeros(int(len(TINY_TEXT) * 0.9)), batch_size=4, seq_len=16)
+    for _ in range(STEPS + 10):
+        one.next()
+    t = checkpoint.load_checkpoint(run).trainer
+    assert t["world_size"] == 1 and t["batches"] == one.state_dict()  # one process's position

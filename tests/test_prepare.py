@@ -192,3 +192,24 @@ def test_memory_does_not_grow_with_the_corpus(tmp_path):
     # Reading the text whole would cost more than the corpus itself (12 MiB); prepare's
     # fixed code-point tables (5.5 MiB) and its chunks' working set stay below that.
     assert prep12 < 12 * 2**20 and train12 < 4 * 2**20, (prep12, train12)
+
+
+def test_token_file_reads_like_an_array(tmp_path):
+    from charnn.prepare import TokenFile
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 60000, 5000).astype("<u2")
+    path = tmp_path / "t.bin"
+    data.tofile(path)
+    tf = TokenFile(path, "uint16", len(data))
+    assert len(tf) == 5000 and np.array_equal(np.asarray(tf), data)
+    view = tf[1000:4000][500:]  # views of views read from the right place
+    assert len(view) == 2500 and np.array_equal(np.asarray(view), data[1500:4000])
+    assert view[0] == data[1500] and view[-1] == data[3999]
+    for idx in (rng.integers(0, 2500, (7, 33)), np.array([5, 5, 4, 2000, 3, 2499]),
+                np.arange(100)[:, None] * 25 + np.arange(20)[None, :]):  # rows, as batches ask
+        got = view[idx]
+        assert got.shape == idx.shape and got.dtype == np.dtype("<u2")
+        assert np.array_equal(got, data[1500:4000][idx])
+    with pytest.raises(IndexError):
+        view[np.array([2500])]

@@ -248,7 +248,7 @@ def _add_prepare(sub) -> None:
     from charnn.corpus import ERROR_POLICIES
 
     p = sub.add_parser(
-        "prepare", help="encode a large corpus once into a memory-mapped token file",
+        "prepare", help="encode a large corpus once into a token file that training reads as it goes",
         description=(
             "Read text files or directories in a streaming pass and write DIR/tokens.bin (one "
             "small unsigned integer per character), DIR/vocab.json and DIR/prepared.json. "

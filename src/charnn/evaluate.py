@@ -42,19 +42,19 @@ class EvalResult:
         return asdict(self)
 
 
-def _as_array(ids) -> np.ndarray:
-    """A 1-D array of ids; a numpy array or memory map stays as it is (nothing is copied)."""
+def _as_array(ids):
+    """A 1-D array of ids; an array or a token file stays as it is and is read as indexed."""
     if isinstance(ids, torch.Tensor):
         return ids.detach().cpu().numpy()
-    return ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=np.int64)
+    return np.asarray(ids, dtype=np.int64) if isinstance(ids, (list, tuple)) else ids
 
 
-def _take(ids: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+def _take(ids, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(ids[idx], dtype=np.int64))
 
 
 @torch.inference_mode()
-def _stateful(model, ids: np.ndarray, chunk: int, streams: int, warmup: int, device) -> float:
+def _stateful(model, ids, chunk: int, streams: int, warmup: int, device) -> float:
     n = len(ids) - 1  # characters scored: every one after the first
     # Segments must be long enough that the warm-up is a small overhead.
     streams = max(1, min(streams, n // (4 * warmup))) if warmup > 0 else max(1, streams)
@@ -62,7 +62,7 @@ def _stateful(model, ids: np.ndarray, chunk: int, streams: int, warmup: int, dev
     # Row 0 reads ids[0 : b0] from the zero state; row s >= 1 reads its segment preceded by
     # `warmup` unscored characters. Rows are right-padded with id 0 to one length (padding
     # comes after all scored positions, so it never touches a scored prediction). Each
-    # chunk is gathered when it is read, so a memory-mapped split is never loaded whole.
+    # chunk is gathered when it is read, so a split in a token file is never loaded whole.
     a, b = bounds[:-1], bounds[1:]
     w = np.where(np.arange(streams) == 0, 0, warmup)  # (S,) unscored warm-up per row
     first, length = a - w, b - a + w  # row s reads ids[first_s : first_s + length_s]
@@ -84,7 +84,7 @@ def _stateful(model, ids: np.ndarray, chunk: int, streams: int, warmup: int, dev
 
 
 @torch.inference_mode()
-def _windows(model, ids: np.ndarray, batch_size: int, device) -> tuple[float, int]:
+def _windows(model, ids, batch_size: int, device) -> tuple[float, int]:
     n_windows = (len(ids) - 1) // WINDOW
     if n_windows == 0:
         raise CharnnError(
@@ -131,8 +131,8 @@ def evaluate_ids(
     return EvalResult.from_sum(total, chars, protocol)
 
 
-def validation_ids(files) -> np.ndarray:
-    """The ids of a run's validation split: its text re-read, or its prepared tokens mapped."""
+def validation_ids(files):
+    """The ids of a run's validation split: its text re-read, or its prepared token file."""
     from charnn.corpus import split_point
     from charnn.prepare import find_prepared
 

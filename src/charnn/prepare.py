@@ -1,9 +1,9 @@
-"""`charnn prepare`: a corpus of any size as a memory-mapped file of token ids.
+"""`charnn prepare`: a corpus of any size as a file of token ids, read as training needs them.
 
     DIR/
       tokens.bin     the corpus's characters as ids of vocab.json, in order: one little-endian
-                     unsigned integer each, no header; uint8 for up to 256 tokens, uint16 up to
-                     65,536, uint32 beyond
+                     unsigned integer each, no header (np.memmap opens it as it is); uint8 for
+                     up to 256 tokens, uint16 up to 65,536, uint32 beyond
       vocab.json     the vocabulary (vocab.py's format): the corpus's characters, then <unk>
       prepared.json  format and version, the dtype and number of tokens, the files read with
                      the encoding and error policy, and the SHA-256 of the text (the digest a
@@ -16,11 +16,12 @@ boundary over to the next chunk and reports invalid bytes at their offset in the
 the same message as corpus.py gives for a file read whole. prepared.json is written last, so
 a directory without it is an unfinished one.
 
-`charnn train DIR` maps tokens.bin with np.memmap: batches gather their rows by index
-(batching.py), so a step reads only the pages it touches. The ids and the vocabulary are
-exactly those `charnn train CORPUS` builds in memory from the same text, and the train /
-validation split is made the same way at training time (--val-fraction: the first 90 % of
-the tokens train, the last 10 % validate), so the two train identically.
+`charnn train DIR` opens tokens.bin as a TokenFile, an array that reads what is indexed
+when it is indexed: batches gather their rows by index (batching.py), so a step reads B
+short rows and nothing is loaded whole. The ids and the vocabulary are exactly those
+`charnn train CORPUS` builds in memory from the same text, and the train / validation
+split is made the same way at training time (--val-fraction: the first 90 % of the tokens
+train, the last 10 % validate), so the two train identically.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -61,6 +63,9 @@ CODE_POINTS = 0x110000  # every Unicode code point is below this
 # Text read per chunk. Decoding it needs about 18 bytes per character at worst (the str,
 # its code points, their ids), so 4 MiB of text keeps prepare's working set near 100 MB.
 CHUNK_BYTES = 4 << 20
+# TokenFile starts a new read where the next wanted id is more than this many ids on:
+# reading a few ids too many costs less than another system call.
+READ_GAP = 512
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -169,7 +174,7 @@ def prepare(
     if not out:
         raise CharnnError("--out is required: the directory to write the prepared corpus to")
     check_decoding(encoding, errors)
-    sources = resolve_sources(corpus)
+    sources = [s if isinstance(s, str) else s.resolve() for s in resolve_sources(corpus)]
     names = source_names(sources)
     out = Path(out)
     _check_out(out)
@@ -247,10 +252,89 @@ def prepare(
 
 
 # --- reading a prepared directory -------------------------------------------------------------
+class TokenFile:
+    """A token file as a read-only 1-D array of ids that reads what is indexed, when it is.
+
+    np.memmap would be the obvious choice, but every page a memory map has touched stays in
+    the process's resident memory until the kernel needs it back, and a fault maps a whole
+    readahead window (megabytes on many disks): a run's RSS would grow with the corpus it
+    has read (nanoGPT re-creates its memmap every batch for this reason). Positioned reads
+    keep the process's memory its own; a batch of B rows is B short reads from the page cache.
+
+    Supports len(), slices with step 1 (views, nothing read), integers, integer arrays of
+    any shape (returns an array of that shape, in the file's dtype) and np.asarray (reads
+    everything: for small files and tests).
+    """
+
+    def __init__(self, path: str | Path, dtype: str, count: int, start: int = 0, fd=None) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self._start, self._len = start, count
+        if fd is None:  # one descriptor, shared by the views, closed with the last of them
+            fd = _Descriptor(os.open(self.path, os.O_RDONLY))
+        self._fd = fd
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self._len,)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            a, b, step = key.indices(self._len)
+            if step != 1:
+                raise IndexError("a TokenFile slice must have step 1")
+            return TokenFile(self.path, self.dtype.str, max(0, b - a), self._start + a, self._fd)
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (self._len if key < 0 else 0)
+            return self._read(np.array([i], dtype=np.int64))[0]
+        return self._read(np.asarray(key, dtype=np.int64))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self._read_run(0, self._len)
+        return data if dtype is None else data.astype(dtype)
+
+    def _read_run(self, lo: int, hi: int) -> np.ndarray:
+        """Ids lo .. hi - 1 (one read; a regular file returns short only at its end)."""
+        size = self.dtype.itemsize
+        want, offset, parts = (hi - lo) * size, (self._start + lo) * size, []
+        while want:
+            data = os.pread(self._fd.fd, want, offset)
+            if not data:
+                raise CharnnError(f"{self.path} is shorter than its prepared.json says; run charnn prepare again")
+            parts.append(data)
+            want, offset = want - len(data), offset + len(data)
+        return np.frombuffer(b"".join(parts), dtype=self.dtype)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        flat = idx.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self._len):
+            raise IndexError(f"index out of range for a token file of {self._len} ids")
+        order = np.argsort(flat, kind="stable")
+        wanted = flat[order]  # sorted: rows become runs of nearby ids
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(wanted) > READ_GAP) + 1])
+        ends = np.concatenate([starts[1:], [len(wanted)]])
+        out = np.empty(len(wanted), dtype=self.dtype)
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            lo = int(wanted[a])
+            out[a:b] = self._read_run(lo, int(wanted[b - 1]) + 1)[wanted[a:b] - lo]
+        result = np.empty_like(out)
+        result[order] = out
+        return result.reshape(idx.shape)
+
+
+class _Descriptor:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+
 @dataclass
 class Prepared:
     path: Path
-    tokens: np.ndarray  # (N,) read-only np.memmap of ids
+    tokens: TokenFile  # (N,) the ids, read as they are indexed
     vocab: Vocab
     meta: dict  # prepared.json
 
@@ -270,7 +354,7 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def open_prepared(path: str | Path) -> Prepared:
-    """Map a directory written by prepare(), checking that its files belong together."""
+    """Open a directory written by prepare(), checking that its files belong together."""
     path = Path(path)
     meta_path = path / META
     try:
@@ -301,8 +385,7 @@ def open_prepared(path: str | Path) -> Prepared:
             f"{tokens_path} has {size:,} bytes but {META} says {count:,} {dtype} tokens "
             f"({count * itemsize:,} bytes): it is truncated or changed; run charnn prepare again"
         )
-    tokens = np.memmap(tokens_path, dtype=f"<u{itemsize}", mode="r", shape=(count,))
-    return Prepared(path, tokens, vocab, meta)
+    return Prepared(path, TokenFile(tokens_path, dtype, count), vocab, meta)
 
 
 def find_prepared(paths: list[str] | tuple[str, ...]) -> Prepared | None:

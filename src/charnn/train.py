@@ -198,7 +198,7 @@ class Trainer:
                 f"the {world} processes; use a multiple of {world}"
             )
 
-        # The corpus: text read and encoded in memory, or a prepared token file mapped.
+        # The corpus: text read and encoded in memory, or a prepared token file (read as indexed).
         prepared = find_prepared(cfg.corpus)
         if prepared is None:
             corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors)
