@@ -1,19 +1,20 @@
 """Memory at scale: peak RSS of `charnn prepare` and of training from a prepared corpus.
 
-    python benchmarks/prepare_memory.py                 # 20 MB vs 2 GiB, about 4 minutes
+    python benchmarks/prepare_memory.py                 # 20 MB vs 2 GiB, about 5 minutes
     python benchmarks/prepare_memory.py --large-mb 100  # a quick look
 
 Generates two corpora in a temporary directory under --tmp (deleted afterwards): tiny
 Shakespeare repeated, each copy with a numbered header line and a line of multi-byte
 characters, to --small-mb and --large-mb megabytes. For each it runs, as child processes,
-`charnn prepare` and a short `charnn train DIR` (stateful streams, the default model, 30
-steps, a 200,000-character validation split so both sizes score the same amount), and,
+`charnn prepare` and a short `charnn train DIR` (stateful streams, the default model, 20
+steps, a 100,000-character validation split so both sizes score the same amount), and,
 for contrast, training from the small corpus's text (which is read and encoded in
 memory) and from the large prepared corpus with the random-windows layout (whose
 per-epoch shuffle holds one int64 per window). Peak resident memory of each child comes
-from os.wait4; it includes the ~220 MB that importing torch costs every process, and the
-pages of tokens.bin the run touched (file-backed, which the kernel can drop at will).
-Prints a Markdown table for BENCHMARKS.md.
+from os.wait4; it includes the ~220 MB that importing torch costs every process (the
+training runs also load oneDNN and matplotlib). Appends the table to BENCHMARKS.md under
+"Memory at scale" (--no-write: print only), with the load average before and after: the
+memory figures do not depend on a busy machine, the wall times do.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import time
 from pathlib import Path
 
 from charnn.corpus import bundled_text
+from common import append_section, table
 
-TRAIN = ["--max-steps", "30", "--eval-every", "0", "--log-every", "10", "--sample-chars", "0",
+TRAIN = ["--max-steps", "20", "--eval-every", "0", "--log-every", "10", "--sample-chars", "0",
          "--dtype", "float32", "--quiet"]
-VAL_CHARS = 200_000
+VAL_CHARS = 100_000
 
 
 def generate(path: Path, size: int) -> int:
@@ -64,7 +66,9 @@ def main() -> None:
     ap.add_argument("--small-mb", type=float, default=20)
     ap.add_argument("--large-mb", type=float, default=2048, help="default: 2 GiB")
     ap.add_argument("--tmp", default="/tmp", help="where to put the corpora (needs ~2.1x --large-mb free)")
+    ap.add_argument("--no-write", action="store_true", help="print the table, leave BENCHMARKS.md alone")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
 
     need = int(2.1 * args.large_mb * 2**20)
     free = shutil.disk_usage(args.tmp).free
@@ -99,9 +103,13 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print("\n| what | peak RSS | wall time |\n|---|---|---|")
-    for what, rss, wall in rows:
-        print(f"| {what} | {rss:,.0f} MB | {wall:.0f} s |")
+    body = table(["what", "peak RSS", "wall time"], [[w, f"{rss:,.0f} MB", f"{wall:.0f} s"] for w, rss, wall in rows])
+    body += (f"\n\nLoad average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+             f"{os.cpu_count()} cores. Peak RSS of each child process (os.wait4), including the "
+             f"~220 MB every process spends importing torch.")
+    print("\n" + body)
+    if not args.no_write:
+        append_section("Memory at scale", body)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,15 @@ def test_too_short_names_the_flags():
         make_batches("streams", DATA, 64, 100)
     with pytest.raises(CharnnError, match="--batch-size"):
         make_batches("windows", DATA, 64, 100)
+
+
+def test_reset_prob_drops_rows_reproducibly():
+    a = StreamBatches(DATA, 8, 10, reset_prob=0.5, seed=1)
+    batches = [a.next() for _ in range(6)]
+    assert batches[0].reset and batches[0].fresh is None
+    fresh = torch.stack([b.fresh for b in batches[1:]])
+    assert 0 < fresh.sum() < fresh.numel()
+    b = StreamBatches(DATA, 8, 10, reset_prob=0.5, seed=1)
+    b.load_state_dict({"epoch": 0, "cursor": 3})
+    assert torch.equal(b.next().fresh, batches[3].fresh)
+    assert StreamBatches(DATA, 8, 10).next().fresh is None

@@ -108,6 +108,22 @@ def test_batch_size_is_global_and_must_split_over_the_ranks(corpus_file, tmp_pat
     assert not (tmp_path / "r").exists()  # rank 1 never creates the run directory
 
 
+def test_ranks_draw_their_rows_of_the_global_state_resets():
+    import numpy as np
+
+    from charnn.batching import StreamBatches
+
+    data = np.arange(4000, dtype=np.uint8)
+    whole = StreamBatches(data, batch_size=8, seq_len=10, reset_prob=0.5, seed=3)
+    parts = [StreamBatches(data, batch_size=4, seq_len=10, rank=r, world_size=2, reset_prob=0.5, seed=3)
+             for r in range(2)]
+    for _ in range(20):
+        w, p = whole.next(), [p.next() for p in parts]
+        assert torch.equal(torch.cat([q.x for q in p]), w.x)
+        if w.fresh is not None:
+            assert torch.equal(torch.cat([q.fresh for q in p]), w.fresh)
+
+
 def test_ranks_of_the_windows_layout_split_each_global_batch():
     import numpy as np
 

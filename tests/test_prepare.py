@@ -213,3 +213,14 @@ def test_token_file_reads_like_an_array(tmp_path):
         assert np.array_equal(got, data[1500:4000][idx])
     with pytest.raises(IndexError):
         view[np.array([2500])]
+
+
+def test_validation_text_of_a_prepared_run(corpus_file, tmp_path):
+    from charnn.evaluate import validation_text
+
+    prepare([str(corpus_file)], tmp_path / "p", progress=False)
+    for name, corpus in (("text", corpus_file), ("prep", tmp_path / "p")):
+        charnn.train(corpus=[str(corpus)], out=str(tmp_path / name), **TINY_MODEL, **TINY_TRAIN,
+                     max_steps=2, progress=False)
+    text = validation_text(checkpoint.read_run(tmp_path / "text"))
+    assert validation_text(checkpoint.read_run(tmp_path / "prep")) == text == TINY_TEXT[int(len(TINY_TEXT) * 0.9):]

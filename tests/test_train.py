@@ -46,8 +46,8 @@ def assert_identical(run_a, run_b):
 @pytest.mark.parametrize(
     "extra",
     [{}, {"batching": "windows"}, {"dropout": 0.3, "layers": 2, "model": "gru"},
-     {"dtype": "bfloat16", "model": "rnn"}],
-    ids=["streams", "windows", "dropout-gru", "bf16-rnn"],
+     {"dtype": "bfloat16", "model": "rnn"}, {"reset_prob": 0.3}],
+    ids=["streams", "windows", "dropout-gru", "bf16-rnn", "reset-prob"],
 )
 def test_resume_is_bit_identical(corpus_file, tmp_path, extra):
     N, k = 40, 17
@@ -165,24 +165,38 @@ def test_sigint_saves_and_resume_matches(corpus_file, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_always_resumes(corpus_file, tmp_path):
-    """Kill -9 at random moments (saves happen every step, so many kills land mid-save)."""
-    steps = 300
+    """Kill -9 at random moments (saves happen every step, so many kills land mid-save).
+
+    Each attempt waits until the run has logged a random number of metrics lines more (a few
+    to 30 steps, however slow the machine), then kills it after a random delay below a step.
+    """
+    steps = 150
     flags = tiny_flags(corpus_file, tmp_path / "b", steps) + ["--save-every", "1"]
     straight = cli("train", *tiny_flags(corpus_file, tmp_path / "a", steps), "--save-every", "1")
     straight.communicate(timeout=300)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+
+    def logged() -> int:
+        return metrics.read_text().count("\n") if metrics.exists() else 0
+
     rng = random.Random(1234)
     kills = 0
-    for _attempt in range(40):
+    for _attempt in range(60):
         started = (tmp_path / "b" / "config.json").exists()
+        target = logged() + rng.randint(1, 6)  # a line every 5 steps
         p = cli("train", *(["--resume", str(tmp_path / "b"), "--quiet"] if started else flags))
-        try:
-            p.communicate(timeout=rng.uniform(1.2, 2.8))
-        except subprocess.TimeoutExpired:
+        deadline = time.time() + 120
+        while p.poll() is None and logged() < target:
+            assert time.time() < deadline, "no progress"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.01))
+        if p.poll() is None:
             p.kill()
             p.communicate()
             kills += 1
             continue
-        assert p.returncode == 0, p.stderr
+        out, err = p.communicate()
+        assert p.returncode == 0, err
         break
     else:
         pytest.fail("the run never finished")

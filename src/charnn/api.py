@@ -15,6 +15,7 @@ import torch
 from charnn import checkpoint
 from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_ids
+from charnn.inference import make_stepper
 from charnn.sample import StopFilter, generate, sampling_problems
 from charnn.vocab import UNK, UnknownPolicy
 
@@ -22,9 +23,12 @@ from charnn.vocab import UNK, UnknownPolicy
 class CharModel:
     """A loaded run: `generate` / `stream` text, `evaluate` text."""
 
-    def __init__(self, loaded: checkpoint.LoadedRun) -> None:
+    def __init__(self, loaded: checkpoint.LoadedRun, backend: str = "auto", quantize: str = "none") -> None:
         self.run_dir = loaded.files.path
         self.model = loaded.model
+        self.stepper = make_stepper(
+            loaded.model, backend, quantize, run_dir=self.run_dir, digest=loaded.info.get("sha256", "")
+        )
         self.vocab = loaded.files.vocab
         self.config = loaded.files.model_config
         self.info = loaded.info
@@ -59,7 +63,7 @@ class CharModel:
             raise CharnnError("; ".join(problems))
         ids = self.prime_ids(prime, unknown)
         stops = StopFilter(stop)
-        for nxt in generate(self.model, [ids], length, temperature, top_k, top_p, seed, self.banned):
+        for nxt in generate(self.stepper, [ids], length, temperature, top_k, top_p, seed, self.banned):
             out = stops.feed(self.vocab.decode(nxt.tolist()))
             if out:
                 yield out
@@ -91,6 +95,16 @@ class CharModel:
         return evaluate_ids(self.model, ids, protocol)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> CharModel:
-    """Load the best weights of a run directory for sampling and evaluation."""
-    return CharModel(checkpoint.load_run(run_dir, device))
+def load(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
+    quantize: str = "none",
+) -> CharModel:
+    """Load the best weights of a run directory for sampling and evaluation.
+
+    `backend` and `quantize` choose the sampling path (inference.make_stepper): by default
+    the fastest one that keeps the model's float32 numbers; quantize="int8" trades a little
+    quality (see BENCHMARKS.md) for speed. Evaluation always uses the float32 model.
+    """
+    return CharModel(checkpoint.load_run(run_dir, device), backend, quantize)

@@ -24,7 +24,8 @@ left to right, T characters at a time, and batch k is window k of every column::
 Row b of batch k+1 continues row b of batch k, so the hidden state the model ends batch k
 with is the right state to start batch k+1 with: the trainer carries it across windows
 (detached, so gradients stop at the window edge: truncated BPTT). A new epoch starts the
-columns over and sets `reset`. With `world_size` W processes, the global layout has B * W
+columns over and sets `reset`. With `reset_prob` p, each row's state is also dropped with
+probability p before a window (`fresh`), so the model learns cold starts too. With `world_size` W processes, the global layout has B * W
 columns and rank r reads columns r*B .. r*B + B - 1, so W ranks of batch B together read
 exactly what one process with batch B * W reads.
 
@@ -54,6 +55,7 @@ class Batch:
     x: torch.Tensor  # (B, T) int64 input ids
     y: torch.Tensor  # (B, T) int64 target ids: x shifted one ahead
     reset: bool  # start the recurrent state afresh before this batch
+    fresh: torch.Tensor | None = None  # (B,) bool: rows whose carried state starts afresh
 
 
 def _gather(data: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
@@ -82,8 +84,11 @@ class StreamBatches:
         seq_len: int,
         rank: int = 0,
         world_size: int = 1,
+        reset_prob: float = 0.0,
+        seed: int = 0,
     ) -> None:
         columns = batch_size * world_size
+        self.reset_prob, self.seed, self.rank, self.world_size = reset_prob, seed, rank, world_size
         self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
         self.column_len = len(data) // columns
         self.steps_per_epoch = (self.column_len - 1) // seq_len
@@ -99,8 +104,18 @@ class StreamBatches:
             self.epoch, self.cursor = self.epoch + 1, 0
         reset = self.cursor == 0
         chunk = _gather(self.data, self.starts + self.cursor * self.seq_len, self.seq_len + 1)
+        fresh = None
+        if self.reset_prob > 0 and not reset:
+            # Some streams forget their state now and then, so that the model also learns to
+            # start from nothing (as sampling and the windows protocol do). The draw is a pure
+            # function of (seed, epoch, cursor): resuming replays it exactly. It is made for
+            # all B * W columns and this rank takes its own, as for the data.
+            rng = np.random.default_rng([self.seed, self.epoch, self.cursor, 0])
+            draw = rng.random(self.batch_size * self.world_size) < self.reset_prob
+            first = self.rank * self.batch_size
+            fresh = torch.from_numpy(draw[first : first + self.batch_size])
         self.cursor += 1
-        return Batch(chunk[:, :-1], chunk[:, 1:], reset)
+        return Batch(chunk[:, :-1], chunk[:, 1:], reset, fresh)
 
     def state_dict(self) -> dict:
         return {"layout": self.layout, "epoch": self.epoch, "cursor": self.cursor}
@@ -168,9 +183,10 @@ def make_batches(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    reset_prob: float = 0.0,
 ) -> StreamBatches | WindowBatches:
     if layout == "streams":
-        return StreamBatches(data, batch_size, seq_len, rank, world_size)
+        return StreamBatches(data, batch_size, seq_len, rank, world_size, reset_prob, seed)
     if layout == "windows":
         return WindowBatches(data, batch_size, seq_len, seed, rank, world_size)
     raise CharnnError(f"--batching must be one of {', '.join(LAYOUTS)}, got {layout!r}")

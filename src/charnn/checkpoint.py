@@ -9,6 +9,8 @@
                          carried hidden state, and (as JSON metadata) the trainer's counters
       metrics.jsonl      one JSON line per evaluation
       loss.png           the loss curve (when matplotlib is installed)
+      step.onnx          optional: the one-step function for ONNX Runtime (charnn export);
+      step-int8.onnx     it records the SHA-256 of the weights it was made from
 
 Nothing is pickled: tensors go through safetensors, settings and counters are JSON, and
 nothing here calls torch.load. Every file is written atomically (a temporary sibling,
@@ -46,12 +48,22 @@ METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 # --- atomic files -----------------------------------------------------------------------------
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -134,7 +146,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             f"{path} fails its checksum: its tensors were changed after charnn wrote them; "
             f"restore the file, or retrain the run"
         )
-    return tensors, json.loads(metadata["meta"])
+    return tensors, {**json.loads(metadata["meta"]), "sha256": metadata["sha256"]}
 
 
 # --- the run directory ------------------------------------------------------------------------
@@ -257,6 +269,11 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         raise CharnnError(f"{files.path / BEST} was trained with another vocabulary than {VOCAB}")
     _load_into(model, tensors, files.path / BEST)
     return LoadedRun(files, model.to(device).eval(), info)
+
+
+def onnx_path(run_dir: str | Path, quantize: str = "none") -> Path:
+    """Where `charnn export` puts the one-step ONNX model (and sampling caches it)."""
+    return Path(run_dir) / ("step.onnx" if quantize == "none" else f"step-{quantize}.onnx")
 
 
 def has_weights(run_dir: str | Path) -> bool:

@@ -78,6 +78,7 @@ def _add_train(sub) -> None:
     _flag(d, TrainConfig, "encoding", "text encoding of the corpus files")
     _flag(d, TrainConfig, "errors", "what to do with bytes invalid in --encoding", choices=list(ERROR_POLICIES))
     _flag(d, TrainConfig, "batching", "batch layout: stateful TBPTT streams or random windows", choices=list(LAYOUTS))
+    _flag(d, TrainConfig, "reset_prob", "streams: chance per window that a stream forgets its state (cold-start practice)", type=float)
     _flag(d, TrainConfig, "batch_size", "sequences per step; under torchrun the global batch, split over the processes", type=int)
     _flag(d, TrainConfig, "seq_len", "characters per sequence (the TBPTT window)", type=int)
 
@@ -162,6 +163,10 @@ def _add_sample(sub) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop a sample before this string (repeatable)")
     p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="prime characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="sampling engine: auto = ONNX Runtime when installed (same numbers, faster), else torch (default: auto)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 = dynamically quantised weights: faster, slightly lower quality (default: none)")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -182,7 +187,7 @@ def _cmd_sample(args) -> int:
         problems.append(f"--num-samples must be a positive integer, got {args.num_samples}")
     if problems:
         raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device)
+    model = load(args.run_dir, args.device, args.backend, args.quantize)
     model.prime_ids(args.prime, args.unknown)  # report unknown characters before printing anything
     seed = args.seed
     if seed is None:
@@ -210,6 +215,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--text", metavar="FILE", default=None, help="score this file instead of the validation split")
     p.add_argument("--protocol", choices=PROTOCOLS, default="stateful",
                    help="stateful: one pass carrying the state; windows: 256-character windows from a fresh state (default: stateful)")
+    p.add_argument("--window", type=int, default=256, help="windows protocol: characters per window (default: 256)")
     p.add_argument("--streams", type=int, default=1, help="stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass (default: 1)")
     p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
     p.add_argument("--encoding", default="utf-8", help="encoding of --text (default: utf-8)")
@@ -224,8 +230,10 @@ def _cmd_eval(args) -> int:
     from charnn.corpus import read_corpus
     from charnn.evaluate import evaluate_ids, validation_ids
 
-    if args.streams < 1:
-        raise CharnnError(f"--streams must be a positive integer, got {args.streams}")
+    problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
+                for name in ("streams", "window") if getattr(args, name) < 1]
+    if problems:
+        raise CharnnError("; ".join(problems))
     model = load(args.run_dir, args.device)
     if args.text is not None:
         text, what = read_corpus([args.text], args.encoding, args.errors).text, args.text
@@ -234,7 +242,7 @@ def _cmd_eval(args) -> int:
         from charnn.checkpoint import read_run
 
         ids, what = validation_ids(read_run(args.run_dir)), "validation split"
-    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams)
+    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams, window=args.window)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:
@@ -273,6 +281,36 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+# --- export -----------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a run's one-step function (ONNX)",
+                       description="Export the one-step function (ids, state -> logits, state) of a run's best "
+                                   "weights, and check it against PyTorch.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8 = dynamically quantised weights (default: none)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="output file (default: RUN_DIR/step.onnx or step-int8.onnx, where charnn sample finds it)")
+    p.add_argument("--check-chars", type=int, default=20000,
+                   help="validation characters scored through both paths to report the bpc cost, 0 = skip (default: 20000)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from charnn.export import export_run
+
+    if args.check_chars < 0:
+        raise CharnnError(f"--check-chars must be >= 0, got {args.check_chars}")
+    r = export_run(args.run_dir, args.format, args.quantize, args.out, args.check_chars)
+    print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB); max |logit difference| vs PyTorch over "
+          f"{r.steps} steps: {r.max_logit_diff:.2e}")
+    if r.bpc_torch is not None:
+        print(f"validation ({r.chars:,} characters, stepwise): {r.bpc_export:.4f} bpc exported vs "
+              f"{r.bpc_torch:.4f} bpc PyTorch ({r.bpc_export - r.bpc_torch:+.4f})")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from charnn import __version__
@@ -284,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_prepare(sub)
     return parser
 

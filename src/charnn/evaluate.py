@@ -49,6 +49,10 @@ def _as_array(ids):
     return np.asarray(ids, dtype=np.int64) if isinstance(ids, (list, tuple)) else ids
 
 
+def _as_tensor(ids) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(ids, dtype=np.int64))
+
+
 def _take(ids, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(ids[idx], dtype=np.int64))
 
@@ -84,22 +88,22 @@ def _stateful(model, ids, chunk: int, streams: int, warmup: int, device) -> floa
 
 
 @torch.inference_mode()
-def _windows(model, ids, batch_size: int, device) -> tuple[float, int]:
-    n_windows = (len(ids) - 1) // WINDOW
+def _windows(model, ids, batch_size: int, device, window: int) -> tuple[float, int]:
+    n_windows = (len(ids) - 1) // window
     if n_windows == 0:
         raise CharnnError(
-            f"the text has {len(ids)} characters, too few for one {WINDOW}-character window "
+            f"the text has {len(ids)} characters, too few for one {window}-character window "
             f"of the windows protocol; use --protocol stateful"
         )
-    starts = np.arange(n_windows) * WINDOW
+    starts = np.arange(n_windows) * window
     total = 0.0
     for i in range(0, n_windows, batch_size):
         s = starts[i : i + batch_size]
-        idx = s[:, None] + np.arange(WINDOW + 1)[None, :]  # (B, WINDOW + 1)
+        idx = s[:, None] + np.arange(window + 1)[None, :]  # (B, window + 1)
         chunk = _take(ids, idx).to(device)
         logits, _ = model(chunk[:, :-1])
         total += float(char_loss(logits, chunk[:, 1:], reduction="sum"))
-    return total, n_windows * WINDOW
+    return total, n_windows * window
 
 
 def evaluate_ids(
@@ -111,6 +115,7 @@ def evaluate_ids(
     warmup: int = 1024,
     chunk: int = 1024,
     batch_size: int = 64,
+    window: int = WINDOW,
 ) -> EvalResult:
     """Score the ids (a 1-D array or tensor) with the model under `protocol`."""
     if protocol not in PROTOCOLS:
@@ -123,7 +128,7 @@ def evaluate_ids(
     model.eval()
     try:
         if protocol == "windows":
-            total, chars = _windows(model, ids, batch_size, device)
+            total, chars = _windows(model, ids, batch_size, device, window)
         else:
             total, chars = _stateful(model, ids, chunk, streams, warmup, device), len(ids) - 1
     finally:
@@ -157,8 +162,13 @@ def validation_ids(files):
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
     from charnn.corpus import read_corpus, split_text, text_digest
+    from charnn.prepare import find_prepared
 
     train = files.train
+    if find_prepared(train.get("corpus", [])) is not None:
+        ids = np.asarray(validation_ids(files), dtype=np.int64)
+        points = np.array([ord(c) for c in files.vocab.chars], dtype="<u4")
+        return points[ids[ids < len(points)]].tobytes().decode("utf-32-le", "surrogatepass")
     corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"))
     if files.data.get("sha256") and files.data["sha256"] != text_digest(corpus.text):
         raise CharnnError(
@@ -172,3 +182,26 @@ def validation_text(files) -> str:
             f"evaluate on a file with --text FILE"
         )
     return val
+
+
+@torch.inference_mode()
+def evaluate_steps(stepper, ids, streams: int = 16) -> EvalResult:
+    """Stateful loss computed one character at a time through a sampling stepper.
+
+    This scores exactly the path that sampling uses (e.g. the int8 ONNX step), so comparing
+    it with the float32 step on the same text measures what quantisation costs. The text is
+    read as `streams` contiguous segments in parallel, each from a fresh state.
+    """
+    ids = _as_tensor(ids)
+    n = (len(ids) - 1) // streams  # characters scored per stream
+    if n < 1:
+        raise CharnnError("the evaluation text is too short for the number of streams")
+    rows = ids[: streams * n + 1]
+    x = torch.stack([rows[s * n : s * n + n] for s in range(streams)])  # (S, n)
+    y = torch.stack([rows[s * n + 1 : s * n + n + 1] for s in range(streams)])
+    state = stepper.initial_state(streams)
+    total = 0.0
+    for t in range(n):
+        logits, state = stepper.step(x[:, t], state)
+        total += float(torch.nn.functional.cross_entropy(logits.float(), y[:, t], reduction="sum"))
+    return EvalResult.from_sum(total, streams * n, "stateful")

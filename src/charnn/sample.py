@@ -53,7 +53,7 @@ def sample_next(
 
 @torch.inference_mode()
 def generate(
-    model: torch.nn.Module,
+    model,
     prime: Sequence[Sequence[int]] | torch.Tensor,
     length: int,
     temperature: float = 1.0,
@@ -64,13 +64,16 @@ def generate(
 ) -> Iterator[torch.Tensor]:
     """Yield `length` steps of next ids (B,) for B primes of equal length.
 
+    `model` is a CharLM or an inference.Stepper: called on the prime (B, P) for the state,
+    then `.step(ids (B,), state)` once per character.
+
     `banned` ids (special tokens such as <unk>) are never sampled. The same seed gives the
     same ids.
     """
     problems = sampling_problems(temperature, top_k, top_p)
     if problems:
         raise CharnnError("; ".join(problems))
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device
     ids = torch.as_tensor(prime, dtype=torch.long, device=device)
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ValueError("prime must be (B, P) with P >= 1")

@@ -32,7 +32,7 @@ from charnn.distributed import Dist, session
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig, build_model
-from charnn.models.lm import char_loss, detach_state, state_tensors
+from charnn.models.lm import char_loss, detach_state, map_state, state_tensors
 from charnn.prepare import find_prepared
 from charnn.progress import Progress, format_duration
 from charnn.vocab import Vocab
@@ -49,6 +49,7 @@ class TrainConfig:
     errors: str = "strict"  # strict | replace | ignore
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
+    reset_prob: float = 0.0  # streams: chance per window that a row's carried state is dropped
     batch_size: int = 32  # sequences per step in all: under torchrun, summed over the processes
     seq_len: int = 96
     lr: float = 4e-3
@@ -91,6 +92,8 @@ class TrainConfig:
             p.append(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             p.append(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.reset_prob <= 1:
+            p.append(f"--reset-prob must be in [0, 1], got {self.reset_prob}")
         if not 0 <= self.val_fraction < 1:
             p.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.batching not in LAYOUTS:
@@ -224,7 +227,7 @@ class Trainer:
         self.val_ids = ids[n_train:]
         # Rank r reads columns r*b .. r*b + b - 1 of the global layout of B columns.
         self.batches = make_batches(cfg.batching, self.train_ids, cfg.batch_size // world, cfg.seq_len,
-                                    cfg.seed, self.dist.rank, world)
+                                    cfg.seed, self.dist.rank, world, reset_prob=cfg.reset_prob)
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_config).to(self.device)
@@ -239,6 +242,9 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
             betas=(0.9, 0.99),
+            # One fused kernel per step instead of a dozen per parameter: ~8x faster updates,
+            # ~10 % of a 2x512 LSTM's step time on a CPU.
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.autocast = torch.autocast(
             self.device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32"
@@ -391,6 +397,9 @@ class Trainer:
         batch = self.batches.next()
         if batch.reset:
             self.state = None
+        elif batch.fresh is not None and self.state is not None and batch.fresh.any():
+            keep = (~batch.fresh).to(self.device)
+            self.state = map_state(lambda t: t * keep.view(1, -1, *[1] * (t.dim() - 2)).to(t.dtype), self.state)
         x, y = batch.x.to(self.device), batch.y.to(self.device)
         lr = lr_at(self.step, self.cfg, self.total_steps)
         for group in self.optimizer.param_groups:

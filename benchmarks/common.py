@@ -1,0 +1,71 @@
+"""Shared pieces of the benchmark scripts: timing, the machine's matmul peak, BENCHMARKS.md rows.
+
+Every benchmark measures a ratio in one run (ours vs a baseline, interleaved), because these
+machines are shared and noisy; absolute figures are printed too but not trusted alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def timed(fn, seconds: float = 2.0, min_iters: int = 3) -> tuple[float, int]:
+    """Call fn repeatedly for about `seconds`; return (seconds per call, calls)."""
+    fn()  # warm-up (allocations, kernel selection)
+    n, start = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n, n
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of n x n matmuls on this machine (the MFU denominator)."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    per_call, _ = timed(lambda: a @ b, seconds)
+    return 2 * n**3 / per_call
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
+
+
+def command_line() -> str:
+    return "python " + " ".join([Path(sys.argv[0]).relative_to(ROOT).as_posix() if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0], *sys.argv[1:]])
+
+
+def append_section(title: str, body: str) -> None:
+    """Append a dated section with the reproducing command to BENCHMARKS.md."""
+    stamp = datetime.date.today().isoformat()
+    text = f"\n## {title} ({stamp})\n\nCommand: `{command_line()}`  \nMachine: {machine()}\n\n{body.strip()}\n"
+    if not BENCHMARKS_MD.exists():
+        BENCHMARKS_MD.write_text("# Benchmarks\n\nEvery figure below was measured by the command shown with it; "
+                                 "ratios are measured within one run.\n")
+    with open(BENCHMARKS_MD, "a", encoding="utf-8") as f:
+        f.write(text)
+    print(f"appended '{title}' to {BENCHMARKS_MD}")
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,339 @@
+"""Fast one-character steps for sampling and serving.
+
+Sampling spends its whole life in `step(ids (B,), state) -> (logits (B, V), state)`. Through
+torch.nn.LSTM a single step costs far more than its arithmetic (the fused kernel's per-call
+set-up dominates at T = 1), so for the fused cores this module rebuilds the step from the
+same weights with the fewest possible ops:
+
+- layer 0's input projection of every character is precomputed once into a table
+  (V, G*H) = E @ W_ih0^T + b, so the first layer costs one lookup and one matmul with W_hh0;
+- every deeper layer is one matmul on [x, h] with the input and recurrent weights stacked;
+- the head is one more matmul.
+
+Backends (`make_stepper`): "torch" runs that step in PyTorch (float32, exact to rounding);
+"onnx" runs the same step graph under ONNX Runtime, whose per-op overhead is lower, and with
+`quantize="int8"` its dynamically quantised int8 version (weights int8, activations
+quantised on the fly), which reads 4x fewer bytes per character: the fastest single-stream
+path on a CPU, at a quality cost measured in BENCHMARKS.md. Priming on a prompt always runs
+the model's own fused forward pass, which is fastest for many characters at once.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from charnn.errors import CharnnError
+from charnn.models.fused import TorchCore
+from charnn.models.lm import CharLM, state_tensors
+
+BACKENDS = ("auto", "torch", "onnx")
+QUANTIZE = ("none", "int8")
+
+
+class FusedStep(nn.Module):
+    """The step of a CharLM whose core is torch.nn.RNN / LSTM / GRU, rebuilt for speed.
+
+    Gate layouts follow torch: LSTM (i, f, g, o), GRU (r, z, n), RNN (tanh). Inputs and
+    outputs are `ids (B,)` and the state in the core's own shape, so it is interchangeable
+    with CharLM.step (and exportable to ONNX as it stands).
+    """
+
+    def __init__(self, lm: CharLM) -> None:
+        super().__init__()
+        core = lm.core
+        if not isinstance(core, TorchCore):
+            raise TypeError("FusedStep needs a torch.nn RNN/LSTM/GRU core")
+        self.kind, self.layers, self.hidden = core.kind, core.layers, core.hidden
+        rnn = core.rnn
+        H = self.hidden
+        kw = {"dtype": rnn.weight_hh_l0.dtype}
+        with torch.no_grad():
+            inputs = lm.embed.weight if lm.embed is not None else torch.eye(lm.config.vocab_size, **kw)
+            w_ih0, b_ih0 = rnn.weight_ih_l0, rnn.bias_ih_l0
+            w_hh0, b_hh0 = rnn.weight_hh_l0, rnn.bias_hh_l0
+            table = inputs @ w_ih0.T + b_ih0  # (V, G*H): layer 0's input part, per character
+            if self.kind == "gru":
+                # r and z add the input and recurrent parts; n keeps them apart (n = tanh(i_n + r * h_n)).
+                self.register_buffer("table", table.clone())
+                self.first = nn.Linear(H, 3 * H, **kw)
+                self.first.weight.copy_(w_hh0)
+                self.first.bias.copy_(b_hh0)
+            else:
+                self.register_buffer("table", (table + b_hh0).clone())
+                self.first = nn.Linear(H, w_hh0.shape[0], bias=False, **kw)
+                self.first.weight.copy_(w_hh0)
+            self.deeper = nn.ModuleList()
+            for layer in range(1, self.layers):
+                w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+                b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+                if self.kind == "gru":
+                    # [x, h] -> [r,z (input + recurrent), n input part, n recurrent part]: (2H -> 4H)
+                    lin = nn.Linear(2 * H, 4 * H, **kw)
+                    w = torch.zeros(4 * H, 2 * H, **kw)
+                    w[: 2 * H, :H], w[: 2 * H, H:] = w_ih[: 2 * H], w_hh[: 2 * H]
+                    w[2 * H : 3 * H, :H], w[3 * H :, H:] = w_ih[2 * H :], w_hh[2 * H :]
+                    b = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :], b_hh[2 * H :]])
+                else:
+                    lin = nn.Linear(2 * H, w_ih.shape[0], **kw)
+                    w, b = torch.cat([w_ih, w_hh], 1), b_ih + b_hh
+                lin.weight.copy_(w)
+                lin.bias.copy_(b)
+                self.deeper.append(lin)
+            self.head = nn.Linear(H, lm.head.out_features, **kw)
+            self.head.weight.copy_(lm.head.weight)
+            self.head.bias.copy_(lm.head.bias)
+
+    def _lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def _gru(self, rz: torch.Tensor, n_in: torch.Tensor, n_h: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        r, z = torch.sigmoid(rz).chunk(2, 1)
+        n = torch.tanh(n_in + r * n_h)
+        return n + z * (h - n)  # (1 - z) * n + z * h
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor):
+        """ids (B,) and the state tensors -> logits (B, V) and the new state tensors."""
+        H = self.hidden
+        x_part = self.table[ids]  # (B, G*H)
+        if self.kind == "lstm":
+            h_all, c_all = state
+            hs, cs = [], []
+            h, c = self._lstm(x_part + self.first(h_all[0]), c_all[0])
+            hs.append(h), cs.append(c)
+            for k, lin in enumerate(self.deeper, start=1):
+                h, c = self._lstm(lin(torch.cat([h, h_all[k]], 1)), c_all[k])
+                hs.append(h), cs.append(c)
+            return self.head(h), torch.stack(hs), torch.stack(cs)
+        (h_all,) = state
+        hs = []
+        if self.kind == "gru":
+            g = self.first(h_all[0])  # (B, 3H): W_hh0 h + b_hh0
+            h = self._gru(x_part[:, : 2 * H] + g[:, : 2 * H], x_part[:, 2 * H :], g[:, 2 * H :], h_all[0])
+        else:
+            h = torch.tanh(x_part + self.first(h_all[0]))
+        hs.append(h)
+        for k, lin in enumerate(self.deeper, start=1):
+            g = lin(torch.cat([h, h_all[k]], 1))
+            if self.kind == "gru":
+                h = self._gru(g[:, : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :], h_all[k])
+            else:
+                h = torch.tanh(g)
+            hs.append(h)
+        return self.head(h), torch.stack(hs)
+
+
+class _GenericStep(nn.Module):
+    """CharLM.step with flat state tensors in and out (any core), for export."""
+
+    def __init__(self, lm: CharLM) -> None:
+        super().__init__()
+        self.lm = lm
+        self.template = lm.initial_state(1)
+
+    def forward(self, ids: torch.Tensor, *state: torch.Tensor):
+        logits, new = self.lm.step(ids, _unflatten(self.template, list(state)))
+        return (logits, *state_tensors(new))
+
+
+def _unflatten(template, tensors: list[torch.Tensor]):
+    if isinstance(template, torch.Tensor):
+        return tensors.pop(0)
+    return tuple(_unflatten(t, tensors) for t in template)
+
+
+def step_module(lm: CharLM) -> nn.Module:
+    """The fastest torch module for one step of `lm`: (ids, *state) -> (logits, *state)."""
+    module = FusedStep(lm) if isinstance(lm.core, TorchCore) else _GenericStep(lm)
+    return module.eval()
+
+
+class Stepper:
+    """What sampling and serving drive: prime on a prompt, then step one character at a time.
+
+    `__call__(ids (B, P), state)` primes with the model's own fused forward pass;
+    `step(ids (B,), state)` runs the fast path of the chosen backend.
+    """
+
+    def __init__(self, lm: CharLM, backend: str = "torch", quantize: str = "none", session=None) -> None:
+        self.lm = lm.eval()
+        self.device = next(lm.parameters()).device
+        self.backend, self.quantize = backend, quantize
+        self._template = lm.initial_state(1)
+        if backend == "onnx":
+            self._session = session if session is not None else _ort_session(lm, quantize)
+            self._inputs = [i.name for i in self._session.get_inputs()]
+        else:
+            self._module = step_module(lm).to(self.device)
+
+    def __call__(self, ids: torch.Tensor, state=None):
+        return self.lm(ids, state)
+
+    def initial_state(self, batch_size: int):
+        return self.lm.initial_state(batch_size)
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, state=None):
+        if state is None:
+            state = self.lm.initial_state(ids.shape[0])
+        flat = state_tensors(state)
+        if self.backend == "onnx":
+            feed = {self._inputs[0]: ids.cpu().numpy()}
+            for name, t in zip(self._inputs[1:], flat):
+                feed[name] = t.detach().float().cpu().contiguous().numpy()
+            outs = [torch.from_numpy(o) for o in self._session.run(None, feed)]
+        else:
+            outs = self._module(ids, *flat)
+        return outs[0], _unflatten(self._template, list(outs[1:]))
+
+
+# --- ONNX -------------------------------------------------------------------------------------
+ONNX_DIGEST_KEY = "charnn_weights_sha256"
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _need_onnx() -> None:
+    if not onnx_available():
+        raise CharnnError(
+            "the onnx backend and --quantize int8 need onnx, onnxscript and onnxruntime: "
+            "pip install 'charnn[onnx]'"
+        )
+
+
+def export_step_onnx(lm: CharLM, quantize: str = "none", digest: str = "") -> bytes:
+    """The one-step function (ids, *state) -> (logits, *state) as an ONNX model (bytes).
+
+    The batch dimension is dynamic. `digest` (the SHA-256 of the weights) is recorded in the
+    model's metadata so that a cached export is never used with other weights.
+    """
+    _need_onnx()
+    import logging
+
+    lm = lm.cpu().eval()
+    module = step_module(lm)
+    flat = state_tensors(lm.initial_state(2))
+    names = [f"state{i}" for i in range(len(flat))]
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # The exporter and the quantiser log advice meant for other models (torchvision ops,
+    # pre-processing for convolutions); keep the user's terminal clean.
+    logging.disable(logging.WARNING)
+    try:
+        return _export(module, flat, names, batch, quantize, digest)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _export(module, flat, names, batch, quantize: str, digest: str) -> bytes:
+    """export_step_onnx's work, with logging already quietened."""
+    import warnings
+
+    import onnx
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (torch.zeros(2, dtype=torch.long), *flat), dynamo=True, verbose=False,
+            input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
+            dynamic_shapes=({0: batch}, tuple({1: batch} for _ in flat)),
+        )
+    model = program.model_proto
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(model, src)
+            # Per-channel weight scales keep the int8 rounding error small for every gate row.
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+            model = onnx.load(dst)
+    onnx.helper.set_model_props(model, {ONNX_DIGEST_KEY: digest, "charnn_quantize": quantize})
+    return model.SerializeToString()
+
+
+def onnx_digest(data: bytes) -> str | None:
+    """The weights digest recorded in an exported model (None if it has none)."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # a torn or foreign file: treat as absent
+        return None
+    return {p.key: p.value for p in model.metadata_props}.get(ONNX_DIGEST_KEY)
+
+
+def _session(data: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _ort_session(lm: CharLM, quantize: str, cache: Path | None = None, digest: str = ""):
+    """An ONNX Runtime session for lm's step: from `cache` if it matches the weights, else
+    exported now (and written to `cache` when possible, so the next load is instant)."""
+    _need_onnx()
+    if cache is not None and digest and cache.is_file():
+        data = cache.read_bytes()
+        if onnx_digest(data) == digest:
+            return _session(data)
+    data = export_step_onnx(lm, quantize, digest)
+    if cache is not None and digest:
+        from charnn.checkpoint import atomic_write
+
+        try:
+            atomic_write(cache, data)
+        except OSError:
+            pass  # a read-only run directory: the export stays in memory
+    return _session(data)
+
+
+def make_stepper(
+    lm: CharLM,
+    backend: str = "auto",
+    quantize: str = "none",
+    run_dir: str | Path | None = None,
+    digest: str = "",
+) -> Stepper:
+    """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
+
+    auto: ONNX Runtime on CPU when the run has an export for these weights (`charnn export`;
+    the same float32 step with less overhead per call), else the torch fast path.
+    quantize="int8" needs ONNX Runtime. With `run_dir` and the weights' `digest`, an export
+    made here is cached in the run directory for the next load.
+    """
+    if backend not in BACKENDS:
+        raise CharnnError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if quantize not in QUANTIZE:
+        raise CharnnError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    from charnn.checkpoint import onnx_path
+
+    cache = onnx_path(run_dir, quantize) if run_dir is not None else None
+    if backend == "auto":
+        exported = cache is not None and cache.is_file() and onnx_available()
+        backend = "onnx" if on_cpu and (quantize == "int8" or exported) else "torch"
+    if quantize == "int8" and backend != "onnx":
+        raise CharnnError("--quantize int8 runs on the onnx backend (CPU); drop --backend torch")
+    if backend == "onnx" and not on_cpu:
+        raise CharnnError("the onnx backend runs on the CPU; use --device cpu or --backend torch")
+    session = None
+    if backend == "onnx":
+        session = _ort_session(lm, quantize, cache, digest)
+    return Stepper(lm, backend, quantize, session)
