@@ -311,6 +311,48 @@ def _cmd_export(args) -> int:
     return 0
 
 
+# --- serve ------------------------------------------------------------------------------------
+def _add_serve(sub) -> None:
+    from charnn.serve_config import ServeConfig
+
+    p = sub.add_parser(
+        "serve", help="serve runs over an OpenAI-compatible HTTP API, with a playground page",
+        description=(
+            "Serve trained runs over HTTP: POST /v1/completions (OpenAI's API; a token is a "
+            "character; stream: true for server-sent events), GET /v1/models, GET /health, and a "
+            "playground page at /. A model's id is its run directory's name; ID=RUN_DIR names it."
+        ),
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories made by charnn train (or ID=RUN_DIR)")
+    _flag(p, ServeConfig, "host", "address to listen on; anything but loopback is reachable from other machines")
+    _flag(p, ServeConfig, "port", "TCP port, 0 = any free port", type=int)
+    p.add_argument("--api-key", default=os.environ.get("CHARNN_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every /v1 route (default: $CHARNN_API_KEY, else none)")
+    _flag(p, ServeConfig, "max_tokens", "most characters one choice may ask for", type=int)
+    _flag(p, ServeConfig, "max_prompt", "most characters in one prompt", type=int)
+    _flag(p, ServeConfig, "max_n", "most choices in one request (n x prompts)", type=int)
+    _flag(p, ServeConfig, "max_batch", "most streams generated together, per model", type=int)
+    _flag(p, ServeConfig, "max_queue", "most streams waiting for a place, per model; beyond it: 429 with Retry-After", type=int)
+    _flag(p, ServeConfig, "max_body", "most bytes in a request body; beyond it: 413", type=int)
+    _flag(p, ServeConfig, "timeout", "seconds a request may take, queueing included", type=float)
+    _flag(p, ServeConfig, "device", "torch device: cpu, cuda, cuda:N, mps")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    from charnn.serve_config import ServeConfig
+
+    try:
+        from charnn.server import serve
+    except ImportError as e:
+        raise CharnnError(f"charnn serve needs the [serve] extra ({e.name} is missing): "
+                          f"pip install 'charnn[serve]'") from None
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dirs", "quiet")}
+    serve(args.run_dirs, ServeConfig(**settings), quiet=args.quiet)
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from charnn import __version__
@@ -323,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_eval(sub)
     _add_export(sub)
+    _add_serve(sub)
     _add_prepare(sub)
     return parser
 

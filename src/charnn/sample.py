@@ -51,6 +51,43 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Next ids (B,) for B independent streams, each with its own settings and random stream.
+
+    logits (B, V); temperature, top_p float32 (B,); top_k int64 (B,); noise (B, V) float32.
+    This is sample_next made batched for the server, where requests with different settings
+    and seeds share one step. The draw is torch.multinomial's own for one sample: argmax of
+    p / q with q ~ Exp(1) (aten/src/ATen/native/Distributions.cpp), so if row i of `noise`
+    is `torch.empty(1, V).exponential_(generator=g)`, row i of the result is exactly
+    `sample_next(logits[i:i+1], temperature[i], top_k[i], top_p[i], g)` (and consumes g the
+    same way), whatever the other rows hold. Greedy rows (temperature 0) ignore their noise.
+    """
+    B, V = logits.shape
+    greedy = temperature == 0  # (B,)
+    x = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]  # (B, V)
+    use_k = (top_k > 0) & (top_k < V)
+    if bool(use_k.any()):
+        k_max = int(top_k[use_k].max())
+        top = torch.topk(x, k_max, dim=-1).values  # (B, k_max)
+        kth = top.gather(1, (top_k.clamp(1, k_max) - 1)[:, None])  # (B, 1)
+        x = x.masked_fill(use_k[:, None] & (x < kth), float("-inf"))
+    use_p = top_p < 1.0
+    if bool(use_p.any()):
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs
+        drop = use_p[:, None] & (before >= top_p[:, None])
+        x = x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(x, dim=-1)  # (B, V)
+    return torch.where(greedy, logits.argmax(dim=-1), (probs / noise).argmax(dim=-1))
+
+
 @torch.inference_mode()
 def generate(
     model,

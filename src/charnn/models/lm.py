@@ -40,6 +40,22 @@ def state_tensors(state) -> list[torch.Tensor]:
     return [t for s in state for t in state_tensors(s)]
 
 
+def select_state(state, index: torch.Tensor):
+    """The rows `index` (K,) of a batched state: (layers, B, ...) -> (layers, K, ...).
+
+    Rows may repeat (one primed prompt fanned out to n streams) or be dropped (finished
+    streams leaving the server's shared batch).
+    """
+    return map_state(lambda t: t.index_select(1, index), state)
+
+
+def cat_states(states: list):
+    """Stack the rows of several states of the same shape of tuples along the batch (dim 1)."""
+    if isinstance(states[0], torch.Tensor):
+        return torch.cat(states, dim=1)
+    return tuple(cat_states([s[i] for s in states]) for i in range(len(states[0])))
+
+
 def char_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy in nats per character. reduction: "mean", "sum", or "none" -> (B, T)."""
     V = logits.shape[-1]

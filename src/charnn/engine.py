@@ -1,0 +1,356 @@
+"""Continuous batching: every stream a server is generating shares one recurrent step.
+
+An RNN step for 32 streams costs little more than for one (the weights are read once per
+step either way), so an engine keeps all the streams of a model in one batch and steps
+them together, letting streams join and leave between steps:
+
+    submit ──► pending groups (bounded) ──► admit: prime each prompt in one pass, as
+                                            sample.generate does (prompts of equal length
+                                            that arrive together share the pass), and fan
+                                            its state and last logits out to n rows
+    loop:  sample one id per row, each with its own settings and its own generator's
+           noise (sample_rows) ──► text, stop strings ──► the job's outputs
+           ──► drop finished and cancelled rows ──► model.step(ids (B,), state) for the rest
+
+A job is one request's choices. The engine thread fills it; the caller (the HTTP server,
+or any thread) takes what is ready with `Job.take()`, woken by the `on_ready` callback or
+`Job.ready`. Cancelling a job (the client went away, or its time ran out) drops its rows
+at the next step.
+
+Seeds: choice i of each prompt uses seed + i, as `charnn sample --num-samples` does. A
+choice alone in the batch produces exactly the text `charnn.load(run).generate(...)` gives
+for the same settings and seed. Beside other streams its text is the same too, except that
+BLAS kernels may round a step (or a shared priming pass) differently at a different batch
+size (differences of about 1e-8 in the logits), which changes a character only where two
+candidates are tied within that margin.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from charnn.models.lm import cat_states, select_state
+from charnn.sample import StopFilter, sample_rows
+
+log = logging.getLogger("charnn.engine")
+
+# Each stream draws the Exp(1) noise of its next NOISE_BLOCK samples with one call on its own
+# generator: the same numbers, in the same order, as NOISE_BLOCK one-step draws (CPU random
+# kernels fill a tensor serially; tests/test_server_engine.py checks it), at 1/NOISE_BLOCK of
+# the per-stream cost.
+NOISE_BLOCK = 32
+
+
+class QueueFull(Exception):
+    """The engine has no room for the request's streams: try again later."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each choice of a request is generated. max_tokens counts characters."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Output:
+    """A piece of one choice's text; `finish` is set on its last piece."""
+
+    index: int
+    text: str
+    finish: str | None = None  # "stop" | "length" | "error"
+
+
+class Job:
+    """The choices of one request, filled by the engine thread, read by the caller."""
+
+    def __init__(self, choices: int, prompt_chars: int, on_ready: Callable[[], None] | None) -> None:
+        self.choices = choices
+        self.prompt_chars = prompt_chars
+        self.generated = 0  # characters stepped for this job (its usage), all choices
+        self.error: str | None = None
+        self.ready = threading.Event()  # set while outputs wait to be taken
+        self._on_ready = on_ready
+        self._lock = threading.Lock()
+        self._items: list[Output] = []
+        self._open = choices
+        self.cancelled = False
+
+    @property
+    def finished(self) -> bool:
+        """Every choice has finished and everything was taken."""
+        with self._lock:
+            return self._open == 0 and not self._items
+
+    def take(self) -> list[Output]:
+        """The outputs produced since the last call, in order."""
+        with self._lock:
+            items, self._items = self._items, []
+            self.ready.clear()
+        return items
+
+    def cancel(self) -> None:
+        """Stop generating for this job; its rows leave the batch at the next step."""
+        self.cancelled = True
+
+    def _put(self, items: list[Output]) -> None:
+        with self._lock:
+            wake = not self._items  # wake the reader once, not for every piece it has not taken
+            self._items.extend(items)
+            self._open -= sum(o.finish is not None for o in items)
+            if wake:
+                self.ready.set()
+        if wake and self._on_ready is not None:
+            self._on_ready()
+
+    def _fail(self, message: str, open_indices: Sequence[int]) -> None:
+        self.error = message
+        self._put([Output(i, "", "error") for i in open_indices])
+
+
+@dataclass
+class _Group:
+    """n choices of one prompt, waiting to be admitted together (they share one priming)."""
+
+    job: Job
+    prompt: list[int]
+    first_index: int
+    seeds: list[int]
+    sampling: Sampling
+
+
+class _Stream:
+    __slots__ = ("job", "index", "generator", "sampling", "stops", "produced", "greedy")
+
+    def __init__(self, job: Job, index: int, generator: torch.Generator, sampling: Sampling) -> None:
+        self.job, self.index, self.generator, self.sampling = job, index, generator, sampling
+        self.stops = StopFilter(sampling.stop)
+        self.produced = 0  # characters sampled so far; the next one uses noise row produced % NOISE_BLOCK
+        self.greedy = sampling.temperature == 0
+
+
+class Engine:
+    """One model's batch of streams, stepped by one background thread."""
+
+    def __init__(self, model, max_batch: int = 64, max_queue: int = 256) -> None:
+        """`model` is a charnn.api.CharModel (what charnn.load returns)."""
+        self.lm = model.model
+        self.device = next(self.lm.parameters()).device
+        self.chars = list(model.vocab.chars) + [""] * len(model.vocab.specials)  # id -> text
+        self.banned = torch.as_tensor(model.banned, dtype=torch.long, device=self.device)
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_Group] = collections.deque()
+        self._queued = 0  # streams in _pending
+        self._active = 0  # streams in the batch (mirrors len(self._rows) for other threads)
+        self.generated = 0  # characters sampled since start, all streams
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # The batch, touched only by the engine thread: one row per stream.
+        self._rows: list[_Stream] = []
+        self._logits: torch.Tensor | None = None  # (B, V) the next character's logits
+        self._state = None  # (layers, B, H) tensors
+        self._noise: torch.Tensor | None = None  # (B, NOISE_BLOCK, V) each stream's next draws
+        self._settings: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    # --- the caller's side ----------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="charnn-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread; jobs still open finish with an error."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        for g in self._pending:
+            g.job._fail("the server is shutting down", range(g.first_index, g.first_index + len(g.seeds)))
+        self._pending.clear()
+        self._queued = 0
+
+    def submit(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        sampling: Sampling,
+        seed: int,
+        on_ready: Callable[[], None] | None = None,
+    ) -> Job:
+        """Queue len(prompts) x n choices; choice p * n + i continues prompt p with seed + i.
+
+        Raises QueueFull when the batch and the queue together have no room for them.
+        """
+        job = Job(len(prompts) * n, sum(len(p) for p in prompts), on_ready)
+        if sampling.max_tokens == 0:
+            job._put([Output(i, "", "length") for i in range(job.choices)])
+            return job
+        groups = [_Group(job, list(p), k * n, [seed + i for i in range(n)], sampling)
+                  for k, p in enumerate(prompts)]
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the server is shutting down")
+            if self._active + self._queued + job.choices > self.max_batch + self.max_queue:
+                self._drop_cancelled()
+            if self._active + self._queued + job.choices > self.max_batch + self.max_queue:
+                raise QueueFull(f"{self._active} streams running and {self._queued} waiting")
+            self._pending.extend(groups)
+            self._queued += job.choices
+            self._cond.notify()
+        return job
+
+    def _drop_cancelled(self) -> None:
+        kept = [g for g in self._pending if not g.job.cancelled]
+        self._pending = collections.deque(kept)
+        self._queued = sum(len(g.seeds) for g in kept)
+
+    # --- the engine thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._closed or self._pending or self._rows):
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    admit = self._take_pending()
+                try:
+                    if admit:
+                        self._admit(admit)
+                    if self._rows:
+                        self._step()
+                except Exception as e:  # a bug or out of memory: fail the jobs, keep serving
+                    log.exception("generation failed")
+                    self._fail_all(f"generation failed: {type(e).__name__}: {e}", admit)
+                with self._cond:
+                    self._active = len(self._rows)
+            self._fail_all("the server is shutting down", [])
+
+    def _take_pending(self) -> list[_Group]:
+        admit, free = [], self.max_batch - len(self._rows)
+        while self._pending and len(self._pending[0].seeds) <= free:
+            g = self._pending.popleft()
+            self._queued -= len(g.seeds)
+            if not g.job.cancelled:
+                admit.append(g)
+                free -= len(g.seeds)
+                self._active += len(g.seeds)  # counted as running from now on, not as waiting
+        return admit
+
+    def _admit(self, groups: list[_Group]) -> None:
+        """Prime the admitted prompts and add their rows to the batch.
+
+        Each prompt is primed in one pass as sample.generate does; prompts of the same length
+        that arrive together share that pass (a lone prompt is primed alone, B=1).
+        """
+        by_length: dict[int, list[_Group]] = {}
+        for g in groups:
+            by_length.setdefault(len(g.prompt), []).append(g)
+        for same in by_length.values():
+            ids = torch.tensor([g.prompt for g in same], dtype=torch.long, device=self.device)  # (k, P)
+            logits, state = self.lm(ids)  # (k, P, V)
+            fan = torch.tensor([k for k, g in enumerate(same) for _ in g.seeds], device=self.device)
+            logits = logits[:, -1].index_select(0, fan)  # (n, V): each prompt's rows, n in all
+            state = select_state(state, fan)  # (layers, n, H)
+            noise = torch.ones((len(fan), NOISE_BLOCK, logits.shape[-1]), device=self.device)
+            for g in same:
+                for i, seed in enumerate(g.seeds):
+                    gen = torch.Generator(device=self.device)
+                    gen.manual_seed(seed)
+                    self._rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
+            if self._logits is None:
+                self._logits, self._state, self._noise = logits, state, noise
+            else:
+                self._logits = torch.cat([self._logits, logits])
+                self._state = cat_states([self._state, state])
+                self._noise = torch.cat([self._noise, noise])
+        self._settings = None
+
+    def _step(self) -> None:
+        rows = self._rows
+        if self._settings is None:
+            self._settings = (
+                torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=self.device),
+                torch.tensor([r.sampling.top_k for r in rows], dtype=torch.long, device=self.device),
+                torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=self.device),
+            )
+        logits = self._logits
+        if len(self.banned):
+            logits = logits.index_fill(-1, self.banned, float("-inf"))
+        for b, r in enumerate(rows):
+            if r.produced % NOISE_BLOCK == 0 and not r.greedy:  # refill: the next NOISE_BLOCK draws
+                self._noise[b].exponential_(generator=r.generator)
+        at = torch.tensor([r.produced % NOISE_BLOCK for r in rows], device=self.device)
+        noise = self._noise[torch.arange(len(rows), device=self.device), at]  # (B, V)
+        nxt = sample_rows(logits, *self._settings, noise)  # (B,)
+        self.generated += len(rows)
+
+        keep: list[int] = []
+        outputs: dict[Job, list[Output]] = {}
+        for b, (r, i) in enumerate(zip(rows, nxt.tolist())):
+            if r.job.cancelled:
+                continue
+            r.produced += 1
+            r.job.generated += 1
+            text = r.stops.feed(self.chars[i]) if r.sampling.stop else self.chars[i]
+            finish = None
+            if r.stops.stopped:
+                finish = "stop"
+            elif r.produced >= r.sampling.max_tokens:
+                text += r.stops.flush()
+                finish = "length"
+            if text or finish:
+                outputs.setdefault(r.job, []).append(Output(r.index, text, finish))
+            if finish is None:
+                keep.append(b)
+        for job, items in outputs.items():
+            job._put(items)
+
+        if not keep:
+            self._clear()
+            return
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+            nxt, self._state = nxt.index_select(0, idx), select_state(self._state, idx)
+            self._noise = self._noise.index_select(0, idx)
+            self._rows = [rows[b] for b in keep]
+            self._settings = None
+        self._logits, self._state = self.lm.step(nxt, self._state)  # (B, V)
+
+    def _clear(self) -> None:
+        self._rows, self._logits, self._state, self._noise, self._settings = [], None, None, None, None
+
+    def _fail_all(self, message: str, admitting: list[_Group]) -> None:
+        """Finish every stream in the batch (and those being admitted) with an error."""
+        open_by_job: dict[Job, list[int]] = {}
+        for r in self._rows:
+            open_by_job.setdefault(r.job, []).append(r.index)
+        for g in admitting:
+            indices = open_by_job.setdefault(g.job, [])
+            for i in range(g.first_index, g.first_index + len(g.seeds)):
+                if i not in indices:
+                    indices.append(i)
+        for job, indices in open_by_job.items():
+            job._fail(message, indices)
+        self._clear()
