@@ -88,7 +88,7 @@ class StreamBatches:
         seed: int = 0,
     ) -> None:
         columns = batch_size * world_size
-        self.reset_prob, self.seed, self.rank = reset_prob, seed, rank
+        self.reset_prob, self.seed, self.rank, self.world_size = reset_prob, seed, rank, world_size
         self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
         self.column_len = len(data) // columns
         self.steps_per_epoch = (self.column_len - 1) // seq_len
@@ -108,9 +108,12 @@ class StreamBatches:
         if self.reset_prob > 0 and not reset:
             # Some streams forget their state now and then, so that the model also learns to
             # start from nothing (as sampling and the windows protocol do). The draw is a pure
-            # function of (seed, epoch, cursor, rank): resuming replays it exactly.
-            rng = np.random.default_rng([self.seed, self.epoch, self.cursor, self.rank])
-            fresh = torch.from_numpy(rng.random(self.batch_size) < self.reset_prob)
+            # function of (seed, epoch, cursor): resuming replays it exactly. It is made for
+            # all B * W columns and this rank takes its own, as for the data.
+            rng = np.random.default_rng([self.seed, self.epoch, self.cursor, 0])
+            draw = rng.random(self.batch_size * self.world_size) < self.reset_prob
+            first = self.rank * self.batch_size
+            fresh = torch.from_numpy(draw[first : first + self.batch_size])
         self.cursor += 1
         return Batch(chunk[:, :-1], chunk[:, 1:], reset, fresh)
 

@@ -55,7 +55,8 @@ def _add_train(sub) -> None:
         ),
     )
     p.add_argument("corpus", nargs="*", default=argparse.SUPPRESS, metavar="CORPUS",
-                   help="text files or directories (default: the bundled tiny Shakespeare)")
+                   help="text files or directories, or one directory made by charnn prepare "
+                        "(default: the bundled tiny Shakespeare)")
     p.add_argument("--out", dest="out", default=argparse.SUPPRESS, metavar="DIR",
                    help="run directory to create (default: runs/<corpus name>, numbered if taken)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
@@ -78,7 +79,7 @@ def _add_train(sub) -> None:
     _flag(d, TrainConfig, "errors", "what to do with bytes invalid in --encoding", choices=list(ERROR_POLICIES))
     _flag(d, TrainConfig, "batching", "batch layout: stateful TBPTT streams or random windows", choices=list(LAYOUTS))
     _flag(d, TrainConfig, "reset_prob", "streams: chance per window that a stream forgets its state (cold-start practice)", type=float)
-    _flag(d, TrainConfig, "batch_size", "sequences per batch", type=int)
+    _flag(d, TrainConfig, "batch_size", "sequences per step; under torchrun the global batch, split over the processes", type=int)
     _flag(d, TrainConfig, "seq_len", "characters per sequence (the TBPTT window)", type=int)
 
     o = p.add_argument_group("optimisation")
@@ -111,6 +112,7 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from charnn.api import load
+    from charnn.distributed import session
     from charnn.train import Trainer, format_summary, resolve
 
     if args.list_presets:
@@ -120,9 +122,14 @@ def _cmd_train(args) -> int:
         return 0
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("func", "resume", "quiet", "command", "list_presets")}
-    model_config, cfg = resolve(settings, args.resume)
-    trainer = Trainer(model_config, cfg, resume=args.resume is not None, progress=not args.quiet)
-    summary = trainer.run()
+    # Under torchrun every process runs this; they train one model and rank 0 speaks.
+    with session() as dist:
+        model_config, cfg = dist.agree(lambda: resolve(settings, args.resume))
+        trainer = dist.agree(lambda: Trainer(model_config, cfg, resume=args.resume is not None,
+                                             progress=not args.quiet, dist=dist))
+        summary = trainer.run()
+    if not dist.is_main:
+        return EXIT_INTERRUPTED if summary.stop_reason == "interrupted" else 0
     if summary.stop_reason == "finished earlier":
         print(f"run {summary.run_dir} already finished at step {summary.step}; "
               f"pass a larger --max-steps to train it further")
@@ -221,7 +228,7 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args) -> int:
     from charnn.api import load
     from charnn.corpus import read_corpus
-    from charnn.evaluate import evaluate_ids, validation_text
+    from charnn.evaluate import evaluate_ids, validation_ids
 
     problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
                 for name in ("streams", "window") if getattr(args, name) < 1]
@@ -230,17 +237,47 @@ def _cmd_eval(args) -> int:
     model = load(args.run_dir, args.device)
     if args.text is not None:
         text, what = read_corpus([args.text], args.encoding, args.errors).text, args.text
+        ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
     else:
         from charnn.checkpoint import read_run
 
-        text, what = validation_text(read_run(args.run_dir)), "validation split"
-    ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
+        ids, what = validation_ids(read_run(args.run_dir)), "validation split"
     result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams, window=args.window)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:
         print(f"{what}: {result.chars:,} characters, {result.protocol} protocol: loss {result.loss:.4f} "
               f"nats/char, {result.bpc:.4f} bits/char, perplexity {result.perplexity:.3f}")
+    return 0
+
+
+# --- prepare ----------------------------------------------------------------------------------
+def _add_prepare(sub) -> None:
+    from charnn.corpus import ERROR_POLICIES
+
+    p = sub.add_parser(
+        "prepare", help="encode a large corpus once into a token file that training reads as it goes",
+        description=(
+            "Read text files or directories in a streaming pass and write DIR/tokens.bin (one "
+            "small unsigned integer per character), DIR/vocab.json and DIR/prepared.json. "
+            "`charnn train DIR` then trains without loading the corpus into memory."
+        ),
+    )
+    p.add_argument("corpus", nargs="*", metavar="CORPUS",
+                   help="text files or directories (default: the bundled tiny Shakespeare)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write (required)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus files (default: utf-8)")
+    p.add_argument("--errors", choices=ERROR_POLICIES, default="strict",
+                   help="what to do with bytes invalid in --encoding (default: strict)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args) -> int:
+    from charnn.prepare import prepare
+
+    summary = prepare(args.corpus, args.out, args.encoding, args.errors, progress=not args.quiet)
+    print(summary.format())
     return 0
 
 
@@ -333,13 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_prepare(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from charnn.distributed import ReportedByRankZero
+
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except ReportedByRankZero:
+        return EXIT_USER_ERROR  # rank 0 of a torchrun job printed it
     except CharnnError as e:
         print(f"charnn: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -47,16 +47,20 @@ def _files_of(path: Path) -> list[Path]:
     return files
 
 
+def undecodable(path: str | Path, encoding: str, offset: int, bad: bytes) -> CharnnError:
+    """The error for bytes that are not valid in `encoding` (also used by prepare.py)."""
+    return CharnnError(
+        f"corpus file {path} is not valid {encoding} at byte offset {offset} "
+        f"(bytes {bad[:4].hex(' ')}); pass --encoding with the file's encoding (e.g. --encoding latin-1) "
+        f"or --errors replace to substitute U+FFFD, or --errors ignore to drop bad bytes"
+    )
+
+
 def _decode(data: bytes, path: Path, encoding: str, errors: str) -> str:
     try:
         return data.decode(encoding, errors)
     except UnicodeDecodeError as e:
-        bad = data[e.start : e.start + 4].hex(" ")
-        raise CharnnError(
-            f"corpus file {path} is not valid {encoding} at byte offset {e.start} "
-            f"(bytes {bad}); pass --encoding with the file's encoding (e.g. --encoding latin-1) "
-            f"or --errors replace to substitute U+FFFD, or --errors ignore to drop bad bytes"
-        ) from None
+        raise undecodable(path, encoding, e.start, data[e.start : e.start + 4]) from None
 
 
 def read_corpus(
@@ -65,19 +69,37 @@ def read_corpus(
     errors: str = "strict",
 ) -> Corpus:
     """Concatenate the text of `paths` (files or directories); none = the bundled corpus."""
+    check_decoding(encoding, errors)
+    sources = resolve_sources(paths)
+    texts = [
+        bundled_text(s) if isinstance(s, str) else _read_file(s, encoding, errors)
+        for s in sources
+    ]
+    text = "".join(texts)
+    names = source_names(sources)
+    if not text:
+        raise empty_corpus(names)
+    return Corpus(text, names)
+
+
+def check_decoding(encoding: str, errors: str) -> None:
+    """Reject an unknown --encoding or --errors before any file is read."""
     try:
         codecs.lookup(encoding)
     except LookupError:
         raise CharnnError(f"--encoding {encoding!r} is not a known text encoding") from None
     if errors not in ERROR_POLICIES:
         raise CharnnError(f"--errors must be one of {', '.join(ERROR_POLICIES)}, got {errors!r}")
-    if not paths:
-        paths = (DEFAULT_CORPUS,)
 
-    # Resolve every path first so that all missing ones are reported at once.
-    sources: list[str | Path] = []  # a bundled corpus name, or a file
+
+def resolve_sources(paths: list[str] | tuple[str, ...] = ()) -> list[str | Path]:
+    """The files to read, in order (a bundled corpus by its name); none = the bundled corpus.
+
+    Every path is resolved first so that all missing ones are reported at once.
+    """
+    sources: list[str | Path] = []
     problems = []
-    for raw in paths:
+    for raw in paths or (DEFAULT_CORPUS,):
         p = Path(raw)
         if p.exists():
             sources.extend(_files_of(p))
@@ -87,16 +109,15 @@ def read_corpus(
             problems.append(f"corpus path {raw} does not exist")
     if problems:
         raise CharnnError("; ".join(problems) + "; pass existing text files or directories")
+    return sources
 
-    texts = [
-        bundled_text(s) if isinstance(s, str) else _read_file(s, encoding, errors)
-        for s in sources
-    ]
-    text = "".join(texts)
-    names = tuple(f"<bundled:{s}>" if isinstance(s, str) else str(s) for s in sources)
-    if not text:
-        raise CharnnError(f"the corpus is empty ({', '.join(names)}); pass a file with some text in it")
-    return Corpus(text, names)
+
+def source_names(sources: list[str | Path]) -> tuple[str, ...]:
+    return tuple(f"<bundled:{s}>" if isinstance(s, str) else str(s) for s in sources)
+
+
+def empty_corpus(names: tuple[str, ...]) -> CharnnError:
+    return CharnnError(f"the corpus is empty ({', '.join(names)}); pass a file with some text in it")
 
 
 def _read_file(path: Path, encoding: str, errors: str) -> str:
@@ -112,10 +133,15 @@ def split_text(text: str, val_fraction: float) -> tuple[str, str]:
 
     This is nanoGPT's split of tiny Shakespeare, so our numbers compare with its own.
     """
+    n_train = split_point(len(text), val_fraction)
+    return text[:n_train], text[n_train:]
+
+
+def split_point(n: int, val_fraction: float) -> int:
+    """How many of `n` characters train: the same split for text and for token files."""
     if not 0.0 <= val_fraction < 1.0:
         raise CharnnError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    n_train = int(len(text) * (1.0 - val_fraction))  # nanoGPT: data[:int(n * 0.9)]
-    return text[:n_train], text[n_train:]
+    return int(n * (1.0 - val_fraction))  # nanoGPT: data[:int(n * 0.9)]
 
 
 def text_digest(text: str) -> str:

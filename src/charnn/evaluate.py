@@ -42,54 +42,65 @@ class EvalResult:
         return asdict(self)
 
 
+def _as_array(ids):
+    """A 1-D array of ids; an array or a token file stays as it is and is read as indexed."""
+    if isinstance(ids, torch.Tensor):
+        return ids.detach().cpu().numpy()
+    return np.asarray(ids, dtype=np.int64) if isinstance(ids, (list, tuple)) else ids
+
+
 def _as_tensor(ids) -> torch.Tensor:
     return torch.as_tensor(np.asarray(ids, dtype=np.int64))
 
 
+def _take(ids, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(ids[idx], dtype=np.int64))
+
+
 @torch.inference_mode()
-def _stateful(model, ids: torch.Tensor, chunk: int, streams: int, warmup: int, device) -> float:
+def _stateful(model, ids, chunk: int, streams: int, warmup: int, device) -> float:
     n = len(ids) - 1  # characters scored: every one after the first
     # Segments must be long enough that the warm-up is a small overhead.
     streams = max(1, min(streams, n // (4 * warmup))) if warmup > 0 else max(1, streams)
     bounds = np.linspace(0, n, streams + 1).astype(np.int64)
     # Row 0 reads ids[0 : b0] from the zero state; row s >= 1 reads its segment preceded by
-    # `warmup` unscored characters. Rows are right-padded to one length (padding comes
-    # after all scored positions, so it never touches a scored prediction).
-    rows = []
-    for s in range(streams):
-        a, b = int(bounds[s]), int(bounds[s + 1])
-        w = 0 if s == 0 else warmup
-        rows.append((ids[a - w : b], ids[a - w + 1 : b + 1], w, b - a))
-    width = max(len(x) for x, _, _, _ in rows)
-    X = torch.zeros(streams, width, dtype=torch.long)
-    Y = torch.zeros(streams, width, dtype=torch.long)
-    M = torch.zeros(streams, width, dtype=torch.bool)
-    for s, (x, y, w, k) in enumerate(rows):
-        X[s, : len(x)], Y[s, : len(y)], M[s, w : w + k] = x, y, True
-    X, Y, M = X.to(device), Y.to(device), M.to(device)
+    # `warmup` unscored characters. Rows are right-padded with id 0 to one length (padding
+    # comes after all scored positions, so it never touches a scored prediction). Each
+    # chunk is gathered when it is read, so a split in a token file is never loaded whole.
+    a, b = bounds[:-1], bounds[1:]
+    w = np.where(np.arange(streams) == 0, 0, warmup)  # (S,) unscored warm-up per row
+    first, length = a - w, b - a + w  # row s reads ids[first_s : first_s + length_s]
+    width = int(length.max())
     total = torch.zeros((), dtype=torch.float64, device=device)
     state = None
     for t in range(0, width, chunk):
-        logits, state = model(X[:, t : t + chunk], state)  # (S, chunk, V)
-        losses = char_loss(logits, Y[:, t : t + chunk], reduction="none")  # (S, chunk)
-        total += losses.masked_select(M[:, t : t + chunk]).sum(dtype=torch.float64)
+        cols = np.arange(t, min(t + chunk, width))  # (C,) positions within the rows
+        valid = cols[None, :] < length[:, None]  # (S, C)
+        pos = np.where(valid, first[:, None] + cols[None, :], 0)  # (S, C) index into ids
+        keep = torch.from_numpy(valid)
+        X = (_take(ids, pos) * keep).to(device)
+        Y = (_take(ids, np.where(valid, pos + 1, 0)) * keep).to(device)
+        M = torch.from_numpy((cols[None, :] >= w[:, None]) & valid).to(device)
+        logits, state = model(X, state)  # (S, C, V)
+        losses = char_loss(logits, Y, reduction="none")  # (S, C)
+        total += losses.masked_select(M).sum(dtype=torch.float64)
     return float(total)
 
 
 @torch.inference_mode()
-def _windows(model, ids: torch.Tensor, batch_size: int, device, window: int) -> tuple[float, int]:
+def _windows(model, ids, batch_size: int, device, window: int) -> tuple[float, int]:
     n_windows = (len(ids) - 1) // window
     if n_windows == 0:
         raise CharnnError(
             f"the text has {len(ids)} characters, too few for one {window}-character window "
             f"of the windows protocol; use --protocol stateful"
         )
-    starts = torch.arange(n_windows) * window
+    starts = np.arange(n_windows) * window
     total = 0.0
     for i in range(0, n_windows, batch_size):
         s = starts[i : i + batch_size]
-        idx = s[:, None] + torch.arange(window + 1)[None, :]  # (B, window + 1)
-        chunk = ids[idx].to(device)
+        idx = s[:, None] + np.arange(window + 1)[None, :]  # (B, window + 1)
+        chunk = _take(ids, idx).to(device)
         logits, _ = model(chunk[:, :-1])
         total += float(char_loss(logits, chunk[:, 1:], reduction="sum"))
     return total, n_windows * window
@@ -109,7 +120,7 @@ def evaluate_ids(
     """Score the ids (a 1-D array or tensor) with the model under `protocol`."""
     if protocol not in PROTOCOLS:
         raise CharnnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    ids = _as_tensor(ids)
+    ids = _as_array(ids)
     if len(ids) < 2:
         raise CharnnError("the evaluation text needs at least 2 characters (one to score)")
     device = next(model.parameters()).device
@@ -125,13 +136,39 @@ def evaluate_ids(
     return EvalResult.from_sum(total, chars, protocol)
 
 
+def validation_ids(files):
+    """The ids of a run's validation split: its text re-read, or its prepared token file."""
+    from charnn.corpus import split_point
+    from charnn.prepare import find_prepared
+
+    prepared = find_prepared(files.train.get("corpus", []))
+    if prepared is None:
+        return files.vocab.encode(validation_text(files), what="the validation split")
+    if files.data.get("sha256") != prepared.meta["sha256"] or files.vocab != prepared.vocab:
+        raise CharnnError(
+            f"the run's prepared corpus {prepared.path} changed since it was trained, so its "
+            f"validation split is gone; evaluate on a file with --text FILE"
+        )
+    val_fraction = float(files.train.get("val_fraction", 0.1))
+    val = prepared.tokens[split_point(len(prepared.tokens), val_fraction) :]
+    if len(val) < 2:
+        raise CharnnError(
+            f"the run has no validation split (--val-fraction {val_fraction}); "
+            f"evaluate on a file with --text FILE"
+        )
+    return val
 
 
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
     from charnn.corpus import read_corpus, split_text, text_digest
+    from charnn.prepare import find_prepared
 
     train = files.train
+    if find_prepared(train.get("corpus", [])) is not None:
+        ids = np.asarray(validation_ids(files), dtype=np.int64)
+        points = np.array([ord(c) for c in files.vocab.chars], dtype="<u4")
+        return points[ids[ids < len(points)]].tobytes().decode("utf-32-le", "surrogatepass")
     corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"))
     if files.data.get("sha256") and files.data["sha256"] != text_digest(corpus.text):
         raise CharnnError(

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.evaluate import evaluate_steps, validation_text
+from charnn.evaluate import evaluate_steps, validation_ids
 from charnn.inference import Stepper, _need_onnx, _session, export_step_onnx
 
 FORMATS = ("onnx",)
@@ -69,12 +70,11 @@ def export_run(
     bpc_torch = bpc_export = None
     chars = 0
     if check_chars:
-        try:
-            text = validation_text(loaded.files)[: check_chars + 1]
+        try:  # the run's own validation split: text re-read, or a prepared token file
+            vids = np.asarray(validation_ids(loaded.files)[: check_chars + 1], dtype=np.int64)
         except CharnnError:
-            text = ""
-        if len(text) > 64:
-            vids = loaded.vocab.encode(text, "replace" if loaded.vocab.has("<unk>") else "skip")
+            vids = np.zeros(0, dtype=np.int64)
+        if len(vids) > 64:
             r_t, r_e = evaluate_steps(reference, vids), evaluate_steps(exported, vids)
             bpc_torch, bpc_export, chars = r_t.bpc, r_e.bpc, r_t.chars
     return ExportReport(path, len(data), worst, steps, bpc_torch, bpc_export, chars)

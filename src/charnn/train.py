@@ -6,6 +6,11 @@ schedule with gradient-norm clipping, evaluates on the validation split, keeps t
 weights, and saves a resume point that makes a resumed run bit-identical to an
 uninterrupted one (on CPU): the weights, the optimizer moments, the RNG state, the carried
 hidden state and the batch iterator's position all go into it.
+
+Under torchrun the same loop runs in every process (distributed.py): --batch-size is the
+global batch, each rank reads its share of the stream columns, DistributedDataParallel
+averages the gradients, the ranks agree on when to stop, and rank 0 alone writes the run
+directory, its resume point holding every rank's hidden-state rows and RNG state.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import torch
 
 from charnn import checkpoint
 from charnn.batching import LAYOUTS, make_batches
-from charnn.corpus import Corpus, read_corpus, split_text, text_digest
+from charnn.corpus import Corpus, read_corpus, split_point, text_digest
+from charnn.distributed import Dist, session
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss, detach_state, map_state, state_tensors
+from charnn.prepare import find_prepared
 from charnn.progress import Progress, format_duration
 from charnn.vocab import Vocab
 
@@ -36,14 +43,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass
 class TrainConfig:
-    corpus: list[str] = field(default_factory=list)  # files or directories; [] = tiny Shakespeare
+    corpus: list[str] = field(default_factory=list)  # files, directories, or one prepared directory; [] = tiny Shakespeare
     out: str = ""  # run directory; "" = runs/<corpus name>
     encoding: str = "utf-8"
     errors: str = "strict"  # strict | replace | ignore
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
     reset_prob: float = 0.0  # streams: chance per window that a row's carried state is dropped
-    batch_size: int = 32
+    batch_size: int = 32  # sequences per step in all: under torchrun, summed over the processes
     seq_len: int = 96
     lr: float = 4e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
@@ -161,6 +168,11 @@ class _Diverged(Exception):
     pass
 
 
+# Why a run stops, weakest first: when ranks see different reasons at the same step (a
+# signal, a clock), all of them act on the strongest.
+STOP_REASONS = ("", "steps", "epochs", "early stop", "time", "interrupted")
+
+
 class Trainer:
     def __init__(
         self,
@@ -170,35 +182,58 @@ class Trainer:
         resume: bool = False,
         should_stop: Callable[[int], bool] | None = None,
         progress: bool = True,
+        dist: Dist | None = None,
     ) -> None:
+        """Everything local to this process; no collective call (see run() and train())."""
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.should_stop = should_stop
-        self.progress = Progress(enabled=progress)
+        self.dist = dist or Dist()
+        self.progress = Progress(enabled=progress and self.dist.is_main)
         self.signal_received: int | None = None
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(self.dist.device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        world = self.dist.world_size
+        if cfg.batch_size % world:
+            raise CharnnError(
+                f"--batch-size {cfg.batch_size} is the global batch and must split evenly over "
+                f"the {world} processes; use a multiple of {world}"
+            )
 
-        corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors)
-        train_text, val_text = split_text(corpus.text, cfg.val_fraction)
+        # The corpus: text read and encoded in memory, or a prepared token file (read as indexed).
+        prepared = find_prepared(cfg.corpus)
+        if prepared is None:
+            corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors)
+            record = self._corpus_record(corpus)
+        else:
+            record = prepared.record
         if resume:
             files = checkpoint.read_run(self.run_dir)
             self.vocab = files.vocab
-            self._check_same_corpus(files, corpus)
+            self._check_same_corpus(files, record)
             model_config = files.model_config
         else:
-            self.vocab = Vocab.from_text(corpus.text)
+            self.vocab = Vocab.from_text(corpus.text) if prepared is None else prepared.vocab
             model_config = replace(model_config, vocab_size=len(self.vocab))
-        ids = self.vocab.encode(corpus.text, what="the corpus")
-        self.train_ids = ids[: len(train_text)]
-        self.val_ids = ids[len(train_text) :]
-        self.batches = make_batches(
-            cfg.batching, self.train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, reset_prob=cfg.reset_prob
-        )
+        if prepared is None:
+            ids = self.vocab.encode(corpus.text, what="the corpus")
+        elif prepared.vocab != self.vocab:
+            raise CharnnError(f"{prepared.path} has another vocabulary than the run {self.run_dir}")
+        else:
+            ids = prepared.tokens
+        n_train = split_point(len(ids), cfg.val_fraction)
+        self.train_ids = ids[:n_train]
+        self.val_ids = ids[n_train:]
+        # Rank r reads columns r*b .. r*b + b - 1 of the global layout of B columns.
+        self.batches = make_batches(cfg.batching, self.train_ids, cfg.batch_size // world, cfg.seq_len,
+                                    cfg.seed, self.dist.rank, world, reset_prob=cfg.reset_prob)
 
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_config).to(self.device)
+        if self.dist.enabled:
+            # Same weights on every rank, but each rank's own dropout masks.
+            torch.manual_seed(cfg.seed + self.dist.rank)
         self.model_config = model_config
         self.params = sum(p.numel() for p in self.model.parameters())
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
@@ -214,6 +249,10 @@ class Trainer:
         self.autocast = torch.autocast(
             self.device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32"
         )
+        # float16 has too few exponent bits for small gradients: scale the loss up before
+        # backward and the gradients down before the step, skipping steps that overflow.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.dtype == "float16")
+        self.ddp: torch.nn.Module = self.model  # the module to train: DDP around it under torchrun
 
         # Trainer counters: everything here goes into the resume point as JSON.
         self.step = 0
@@ -232,22 +271,20 @@ class Trainer:
 
         if resume:
             self._restore()
-        else:
-            checkpoint.create_run(
-                self.run_dir, model_config, asdict(cfg), self.vocab, self._corpus_record(corpus)
-            )
+        elif self.dist.is_main:
+            checkpoint.create_run(self.run_dir, model_config, asdict(cfg), self.vocab, record)
 
     # --- set-up helpers ------------------------------------------------------------------
     @staticmethod
     def _corpus_record(corpus: Corpus) -> dict:
         return {"sources": list(corpus.sources), "chars": len(corpus.text), "sha256": text_digest(corpus.text)}
 
-    def _check_same_corpus(self, files: checkpoint.RunFiles, corpus: Corpus) -> None:
-        record = files.data
-        if record.get("sha256") != text_digest(corpus.text):
+    def _check_same_corpus(self, files: checkpoint.RunFiles, record: dict) -> None:
+        then = files.data
+        if then.get("sha256") != record["sha256"]:
             raise CharnnError(
-                f"the corpus ({', '.join(corpus.sources)}) changed since the run started "
-                f"({record.get('chars')} characters then, {len(corpus.text)} now); restore it, "
+                f"the corpus ({', '.join(record['sources'])}) changed since the run started "
+                f"({then.get('chars')} characters then, {record['chars']} now); restore it, "
                 f"or start a new run with --out"
             )
 
@@ -262,7 +299,8 @@ class Trainer:
         return min(targets) if targets else None
 
     def _restore(self) -> None:
-        checkpoint.remove_temporaries(self.run_dir)
+        if self.dist.is_main:
+            checkpoint.remove_temporaries(self.run_dir)
         if not checkpoint.has_checkpoint(self.run_dir):
             return  # killed before its first checkpoint: start from step 0
         ck = checkpoint.load_checkpoint(self.run_dir)
@@ -280,16 +318,44 @@ class Trainer:
         self.last_train_loss = t["last_train_loss"]
         self.finished, self.stop_reason = t["finished"], t["stop_reason"]
         self.batches.load_state_dict(t["batches"])
-        torch.set_rng_state(ck.extra["rng.torch"])
+        if self.scaler.is_enabled() and t.get("scaler"):
+            self.scaler.load_state_dict(t["scaler"])
+        self._restore_rng(ck.extra, t.get("world_size", 1))
         if t["has_state"]:
-            template = self.model.initial_state(self.cfg.batch_size, self.device)
-            tensors = [ck.extra[f"state.{i}"].to(self.device) for i in range(len(state_tensors(template)))]
+            # The saved state has the rows of all B columns: this rank takes its own b.
+            b = self.cfg.batch_size // self.dist.world_size
+            rows = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
+            template = self.model.initial_state(b, self.device)
+            tensors = [ck.extra[f"state.{i}"][:, rows].to(self.device) for i in range(len(state_tensors(template)))]
             self.state = tensors[0] if isinstance(template, torch.Tensor) else tuple(tensors)
-        checkpoint.truncate_metrics(self.run_dir, self.step)
+        if self.dist.is_main:
+            checkpoint.truncate_metrics(self.run_dir, self.step)
+
+    def _rng_names(self, rank: int) -> tuple[str, str]:
+        """Keys of a rank's CPU and CUDA RNG states (rank 0 keeps the single-process names)."""
+        suffix = f".{rank}" if rank else ""
+        return f"rng.torch{suffix}", f"rng.cuda{suffix}"
+
+    def _restore_rng(self, extra: dict[str, torch.Tensor], saved_world: int) -> None:
+        if saved_world != self.dist.world_size:
+            # The data order and the hidden state carry over exactly; the random streams
+            # (dropout) cannot, so this rank starts its own afresh.
+            torch.manual_seed(self.cfg.seed + self.dist.rank + 7919 * self.step)
+            self.progress.message(
+                f"resuming a run saved by {saved_world} process(es) with {self.dist.world_size}: "
+                f"data and state continue exactly, dropout's random numbers do not"
+            )
+            return
+        cpu, cuda = self._rng_names(self.dist.rank)
+        torch.set_rng_state(extra[cpu])
+        if self.device.type == "cuda" and cuda in extra:
+            torch.cuda.set_rng_state(extra[cuda], self.device)
 
     # --- the resume point ----------------------------------------------------------------
     def _trainer_state(self) -> dict:
         return {
+            "world_size": self.dist.world_size,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "step": self.step,
             "total_steps": self.total_steps,
             "elapsed": self.elapsed,
@@ -307,13 +373,24 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Write the resume point (a collective: every rank sends its state rows and RNG)."""
         for p in self.model.parameters():
             if not torch.isfinite(p).all():
                 raise _Diverged("non-finite weights")
-        extra = {"rng.torch": torch.get_rng_state()}
+        extra = {}
+        rngs = self.dist.gather_cat(torch.get_rng_state()[None], 0)  # (world, n)
+        cuda = None
+        if self.device.type == "cuda":
+            cuda = self.dist.gather_cat(torch.cuda.get_rng_state(self.device)[None], 0)
+        for rank in range(self.dist.world_size):
+            cpu_name, cuda_name = self._rng_names(rank)
+            extra[cpu_name] = rngs[rank]
+            if cuda is not None:
+                extra[cuda_name] = cuda[rank]
         for i, t in enumerate(state_tensors(self.state)):
-            extra[f"state.{i}"] = t
-        checkpoint.save_checkpoint(self.run_dir, self.model, self.optimizer, extra, self._trainer_state())
+            extra[f"state.{i}"] = self.dist.gather_cat(t, 1)  # (layers, B, ...): all columns
+        if self.dist.is_main:
+            checkpoint.save_checkpoint(self.run_dir, self.model, self.optimizer, extra, self._trainer_state())
 
     # --- one step ------------------------------------------------------------------------
     def train_step(self) -> float:
@@ -328,35 +405,46 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
-            logits, state = self.model(x, self.state)  # (B, T, V)
+            logits, state = self.ddp(x, self.state)  # (b, T, V)
         loss = char_loss(logits, y)
-        if not torch.isfinite(loss):
-            raise _Diverged(f"the loss is {loss.item()}")
-        loss.backward()
+        # The mean over all ranks' rows is the loss of the global batch; non-finite on every
+        # rank when it is on any, so all of them stop together.
+        global_loss = self.dist.mean(loss.detach())
+        if not torch.isfinite(global_loss):
+            raise _Diverged(f"the loss is {global_loss.item()}")
+        self.scaler.scale(loss).backward()  # DDP: gradients averaged over the ranks here
         if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            if not torch.isfinite(norm):
+            # With float16 an overflow is expected now and then: the scaler skips the step.
+            if not torch.isfinite(norm) and not self.scaler.is_enabled():
                 raise _Diverged(f"the gradient norm is {norm.item()}")
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state = detach_state(state)
-        return loss.item()
+        return global_loss.item()
 
     # --- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> float | None:
         if len(self.val_ids) < 2:
             return None
-        result = evaluate_ids(self.model, self.val_ids, "stateful", streams=self.cfg.eval_streams)
+        # Rank 0 scores the whole split, exactly as one process would; the others wait.
+        loss = None
+        if self.dist.is_main:
+            loss = evaluate_ids(self.model, self.val_ids, "stateful", streams=self.cfg.eval_streams).loss
+        loss = self.dist.broadcast_float(loss)
         self.last_eval_step = self.step
-        if self.best_val is None or result.loss < self.best_val:
-            self.best_val, self.best_step, self.bad_evals = result.loss, self.step, 0
-            checkpoint.save_weights(
-                self.run_dir, self.model, self.vocab,
-                {"step": self.step, "val_loss": result.loss, "protocol": "stateful"},
-            )
+        if self.best_val is None or loss < self.best_val:
+            self.best_val, self.best_step, self.bad_evals = loss, self.step, 0
+            if self.dist.is_main:
+                checkpoint.save_weights(
+                    self.run_dir, self.model, self.vocab,
+                    {"step": self.step, "val_loss": loss, "protocol": "stateful"},
+                )
         else:
             self.bad_evals += 1
-        return result.loss
+        return loss
 
     # --- the loop ------------------------------------------------------------------------
     def _stop_now(self, started: float) -> str:
@@ -385,7 +473,8 @@ class Trainer:
             evals = steps_left / cfg.eval_every
             steps_left = (remaining - evals * eval_cost) / step_time
         steps_left -= eval_cost / step_time  # the final evaluation
-        self.total_steps = self.step + max(1, int(steps_left * 0.98))
+        # Rank 0's clock decides for all, so every rank plans the same schedule.
+        self.total_steps = self.dist.broadcast_int(self.step + max(1, int(steps_left * 0.98)))
 
     def _signal(self, signum, frame) -> None:
         if self.signal_received is not None:
@@ -397,6 +486,8 @@ class Trainer:
         if self.finished and (self.total_steps is None or self.step >= self.total_steps):
             return self._summary("finished earlier")
         self.finished = False
+        if self.ddp is self.model:
+            self.ddp = self.dist.wrap(self.model)  # DDP's constructor is a collective
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -419,7 +510,7 @@ class Trainer:
         reason = ""
         try:
             while True:
-                reason = self._stop_now(started)
+                reason = self.dist.strongest(self._stop_now(started), STOP_REASONS)
                 if reason:
                     break
                 loss = self.train_step()
@@ -451,17 +542,19 @@ class Trainer:
             # an uninterrupted run would have written.
             if self.step != self.last_eval_step and reason != "interrupted":
                 self._log(started, chars_per_s, evaluate=True)
-            if self.best_val is None and self.step > 0:
+            if self.best_val is None and self.step > 0 and self.dist.is_main:
                 checkpoint.save_weights(self.run_dir, self.model, self.vocab, {"step": self.step})
             self.elapsed += time.perf_counter() - started
             started = time.perf_counter()
             self.save()
         except _Diverged as e:
-            raise CharnnError(
+            raise self.dist.error(
                 f"training diverged at step {self.step + 1}: {e}; nothing from this step on was "
                 f"saved and the last checkpoint is intact; lower --lr (now {cfg.lr:g}) or "
                 f"--grad-clip, or raise --warmup, and start again or --resume"
             ) from None
+        if not self.dist.is_main:
+            return self._summary(reason)
         from charnn.plot import plot_run
 
         if plot_run(self.run_dir) is None:
@@ -498,7 +591,8 @@ class Trainer:
                     f"val loss {val:.4f} ({val / math.log(2):.3f} bpc)"
                     + (" *best*" if self.best_step == self.step else "")
                 )
-        checkpoint.append_metrics(self.run_dir, record)
+        if self.dist.is_main:
+            checkpoint.append_metrics(self.run_dir, record)
 
     def _summary(self, reason: str) -> Summary:
         cps = self.step * self.cfg.batch_size * self.cfg.seq_len / self.elapsed if self.elapsed else 0.0
@@ -534,6 +628,8 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
                 f"cannot change {shown} when resuming {resume}; drop the flag, or start a new run with --out"
             )
         cfg = replace(saved, **{k: v for k, v in train_kw.items() if k in RESUME_OVERRIDES}, out=str(resume))
+        cfg.device = resolve_device(cfg.device)  # the run's GPU may be missing here: say so
+        _check_dtype(cfg)
         return files.model_config, cfg
     if train_kw.get("preset"):
         from charnn.presets import preset_settings
@@ -552,7 +648,16 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
     cfg.corpus = [str(Path(c).resolve()) if Path(c).exists() else c for c in cfg.corpus]
     cfg.device = resolve_device(cfg.device)
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)
+    _check_dtype(cfg)
     return model_config, cfg
+
+
+def _check_dtype(cfg: TrainConfig) -> None:
+    # oneDNN has no float16 LSTM, and CPUs that multiply float16 fast also do bfloat16.
+    if cfg.dtype == "float16" and torch.device(cfg.device).type == "cpu":
+        raise CharnnError(
+            "--dtype float16 needs a GPU (--device cuda or mps); on a CPU use --dtype bfloat16 or float32"
+        )
 
 
 def resolve_device(name: str) -> str:
@@ -600,11 +705,16 @@ def train(
     `train(corpus=["input.txt"], model="gru", hidden=256, max_steps=1000, out="runs/x")`.
     `resume=RUN_DIR` continues a run (only stopping, logging and device settings may
     change). `should_stop(step)` is asked before each step; True saves and stops the run as
-    a signal would.
+    a signal would. Under torchrun every process calls this and they train one model
+    together (distributed.py); each returns the same summary.
     """
-    model_config, cfg = resolve(settings, resume)
-    trainer = Trainer(model_config, cfg, resume=resume is not None, should_stop=should_stop, progress=progress)
-    return trainer.run()
+    with session() as dist:
+        model_config, cfg = dist.agree(lambda: resolve(settings, resume))
+        trainer = dist.agree(
+            lambda: Trainer(model_config, cfg, resume=resume is not None, should_stop=should_stop,
+                            progress=progress, dist=dist)
+        )
+        return trainer.run()
 
 
 def format_summary(s: Summary) -> str:
