@@ -43,3 +43,18 @@ def tiny_run(tmp_path_factory):
     charnn.train(corpus=[str(corpus)], out=str(out), max_steps=30, progress=False,
                  **TINY_MODEL, **TINY_TRAIN)
     return out
+
+
+def slowed(model, seconds: float):
+    """Make every sampling step of a loaded model (charnn.load) take at least `seconds`, so
+    that a test can act while a generation is still streaming."""
+    import time
+
+    step = model.stepper.step
+
+    def slow(ids, state=None):
+        time.sleep(seconds)
+        return step(ids, state)
+
+    model.stepper.step = slow
+    return model

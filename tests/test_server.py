@@ -25,20 +25,9 @@ from charnn.cli import main
 from charnn.errors import CharnnError
 from charnn.serve_config import ServeConfig
 from charnn.server import background_server, exposure_warning, model_ids
+from conftest import slowed
 
 KEY = "test-key-123"
-
-
-def slowed(model: charnn.CharModel, seconds: float) -> charnn.CharModel:
-    """Make every step of `model` take at least `seconds`, so that a test can act mid-stream."""
-    step = model.stepper.step
-
-    def slow(ids, state=None):
-        time.sleep(seconds)
-        return step(ids, state)
-
-    model.stepper.step = slow
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 
 import charnn
 from charnn.server import background_server
+from conftest import slowed
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -32,17 +33,6 @@ def chromium_path() -> str:
         pytest.fail("Debian's chromium is not installed: apt-get install -y chromium "
                     "(or set CHARNN_SKIP_BROWSER=1 to skip the browser test)")
     return path
-
-
-def slowed(model: charnn.CharModel, seconds: float) -> charnn.CharModel:
-    step = model.model.step
-
-    def slow(ids, state=None):
-        time.sleep(seconds)
-        return step(ids, state)
-
-    model.model.step = slow
-    return model
 
 
 @pytest.mark.slow

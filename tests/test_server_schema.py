@@ -35,7 +35,9 @@ def test_no_server_errors_and_answers_match_the_document(tiny_run):
             for mode in modes:
 
                 @given(case=op.as_strategy(mode))
-                @settings(max_examples=50, deadline=None, database=None,
+                # derandomize: CI sees the same 50 examples every run (a failure is reproducible,
+                # not a coin toss); run with --hypothesis-seed=N locally to explore further.
+                @settings(max_examples=50, deadline=None, database=None, derandomize=True,
                           suppress_health_check=list(HealthCheck))
                 def check(case):
                     # Schema-valid requests may still be refused with a 400 for what JSON Schema

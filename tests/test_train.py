@@ -123,9 +123,15 @@ def test_early_stopping_and_epochs(corpus_file, tmp_path):
 def test_time_budget(corpus_file, tmp_path):
     t = time.time()
     s = charnn.train(**settings(corpus_file, tmp_path / "t", max_time=3, eval_every=0), progress=False)
-    assert s.stop_reason in ("time", "steps")
     assert time.time() - t < 15
-    assert 2.0 <= s.wall_time <= 4.5
+    # The budget becomes a step target, calibrated on the first steps' speed: the run ends
+    # on that target a little before the budget, or on the clock if the machine slowed down.
+    assert s.stop_reason in ("time", "steps")
+    assert s.wall_time <= 3 + 1.5
+    if s.stop_reason == "time":
+        assert s.wall_time >= 3
+    else:  # a busy machine during calibration can make the estimate cautious
+        assert s.wall_time >= 0.3 * 3
 
 
 def cli(*args, **kw):

@@ -84,14 +84,18 @@ _Finite = Field(allow_inf_nan=False)
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
 
 
 class CompletionRequest(BaseModel):
-    """OpenAI's completion request. `top_k` and `unknown` are charnn's own additions."""
+    """OpenAI's completion request. `top_k` and `unknown` are charnn's own additions.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: a value must have the JSON type the document says (no "5" for 5, no 1.0 for an
+    integer, no 1 for true), so what the OpenAPI document rejects, the server rejects.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str = Field(description="a model id from /v1/models (a run directory's name)")
     prompt: str | list[str] = Field("", description="text to continue, or a list of them")
