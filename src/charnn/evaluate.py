@@ -131,7 +131,8 @@ def validation_text(files) -> str:
     from charnn.corpus import read_corpus, split_text, text_digest
 
     train = files.train
-    corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"))
+    corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
+                         train.get("transliterate", "none"))
     if files.data.get("sha256") and files.data["sha256"] != text_digest(corpus.text):
         raise CharnnError(
             f"the run's corpus ({', '.join(corpus.sources)}) changed since it was trained, so its "

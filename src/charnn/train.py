@@ -22,7 +22,7 @@ import torch
 
 from charnn import checkpoint
 from charnn.batching import LAYOUTS, make_batches
-from charnn.corpus import Corpus, read_corpus, split_text, text_digest
+from charnn.corpus import TRANSLITERATIONS, Corpus, base_chars, read_corpus, split_text, text_digest
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig, build_model
@@ -40,6 +40,7 @@ class TrainConfig:
     out: str = ""  # run directory; "" = runs/<corpus name>
     encoding: str = "utf-8"
     errors: str = "strict"  # strict | replace | ignore
+    transliterate: str = "none"  # none | ascii (unidecode; the vocabulary then holds printable ASCII)
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
     batch_size: int = 32
@@ -88,6 +89,8 @@ class TrainConfig:
             p.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.batching not in LAYOUTS:
             p.append(f"--batching must be one of {', '.join(LAYOUTS)}, got {self.batching!r}")
+        if self.transliterate not in TRANSLITERATIONS:
+            p.append(f"--transliterate must be one of {', '.join(TRANSLITERATIONS)}, got {self.transliterate!r}")
         if self.dtype not in ("auto", *DTYPES):
             p.append(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {self.dtype!r}")
         return p
@@ -177,7 +180,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
-        corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors)
+        corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors, cfg.transliterate)
         train_text, val_text = split_text(corpus.text, cfg.val_fraction)
         if resume:
             files = checkpoint.read_run(self.run_dir)
@@ -185,7 +188,7 @@ class Trainer:
             self._check_same_corpus(files, corpus)
             model_config = files.model_config
         else:
-            self.vocab = Vocab.from_text(corpus.text)
+            self.vocab = Vocab.from_text(corpus.text + base_chars(cfg.transliterate))
             model_config = replace(model_config, vocab_size=len(self.vocab))
         ids = self.vocab.encode(corpus.text, what="the corpus")
         self.train_ids = ids[: len(train_text)]
