@@ -295,7 +295,7 @@ def _cmd_memorize(args) -> int:
 
         def on_epoch(epoch: int, loss: float) -> None:
             if epoch == 1 or epoch % every == 0:
-                print(f"epoch {epoch:>6}  loss {loss:.5f}", flush=True)
+                print(f"epoch {epoch:>6}  loss {loss:.4g}", flush=True)
 
     result = memorize(config, on_epoch)
     if args.json:
