@@ -317,10 +317,11 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
 
     from charnn.checkpoint import atomic_write
 
-    kinds = sorted({r["kind"] for r in rows}, key=KINDS.index)
-    hiddens = sorted({r["hidden"] for r in rows})
     if not rows:
         return None
+    kinds = sorted({r["kind"] for r in rows}, key=KINDS.index)
+    hiddens = sorted({r["hidden"] for r in rows})
+    all_lengths = sorted({r["length"] for r in rows})
     fig, axes = plt.subplots(len(kinds), len(hiddens), figsize=(3.6 * len(hiddens), 3.0 * len(kinds)),
                              dpi=100, squeeze=False, sharex=True, sharey=True)
     groups = _groups(rows)
@@ -334,6 +335,8 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
                 acc = [sum(r["char_accuracy"] for r in by_length[L]) / len(by_length[L]) for L in lengths]
                 ax.plot(lengths, acc, marker="o", markersize=3, label=cell)
             ax.set_xscale("log", base=2)
+            ax.set_xticks(all_lengths, [str(L) for L in all_lengths])
+            ax.minorticks_off()
             ax.set_ylim(-0.03, 1.03)
             ax.set_title(f"{'random strings' if kind == 'random' else 'natural text'}, hidden {hidden}", fontsize=9)
             ax.grid(alpha=0.3)
@@ -342,6 +345,9 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
             if j == 0:
                 ax.set_ylabel("recall accuracy")
     axes[0][0].legend(fontsize=8)
+    r = rows[0]
+    fig.suptitle(f"greedy recall accuracy (mean over seeds) after at most {r['epochs']} updates; "
+                 f"{r['layers']} layer{'s' if r['layers'] > 1 else ''}, {r['input']} input, {r['loss']} loss, Adam lr {r['lr']:g}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
