@@ -128,6 +128,14 @@ def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, patterns):
     assert not (tmp_path / "c").exists()
 
 
+def test_capacity_corpus_too_short_is_reported_before_running(capsys, tmp_path):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 3)
+    code, _, err = run(capsys, "capacity", "--lengths", "8,500", "--corpus", corpus, "--out", tmp_path / "c")
+    assert_user_error(code, err, "--corpus has 129 characters", "--lengths 500")
+    assert not (tmp_path / "c").exists()
+
+
 def test_presets_set_the_notebooks_settings_and_flags_win():
     c = resolve({"preset": "tutorial-lstm-batch5", "epochs": 7})
     assert (c.cell, c.layers, c.hidden, c.loss, c.lr, c.batch_size, c.input) == ("lstm", 3, 35, "mse", 0.01, 5, "onehot")

@@ -220,14 +220,15 @@ def sweep(config: CapacityConfig, log: Callable[[str], None] | None = None) -> S
         torch.set_num_threads(config.threads)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     corpus, source = ("", "") if "text" not in config.kinds else _corpus_text(config)
+    if "text" in config.kinds:  # a corpus too short for some slice: say so before running
+        for seed in range(config.seeds):
+            corpus_slice(corpus, max(config.lengths), seed)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "capacity.jsonl"
     done = {_key(r) for r in read_rows(jsonl)}
     grid = planned_runs(config, source)
     todo = [s for s in grid if _key(s) not in done]
-    if todo and "text" in config.kinds:
-        corpus_slice(corpus, max(config.lengths), 0)  # a corpus too short: say so before running
     started = time.perf_counter()
     for i, settings in enumerate(todo, 1):
         row = run_one(settings, corpus)
