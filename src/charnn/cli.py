@@ -42,7 +42,7 @@ def _flag(group, cls, name: str, help: str, **kw) -> None:
 # --- train ------------------------------------------------------------------------------------
 def _add_train(sub) -> None:
     from charnn.batching import LAYOUTS
-    from charnn.corpus import ERROR_POLICIES
+    from charnn.corpus import ERROR_POLICIES, TRANSLITERATIONS
     from charnn.models import CORES, INPUTS, ModelConfig
     from charnn.train import DEFAULT_BUDGET_S, DTYPES, TrainConfig
 
@@ -77,6 +77,8 @@ def _add_train(sub) -> None:
     _flag(d, TrainConfig, "val_fraction", "fraction of the corpus (its end) held out for validation", type=float)
     _flag(d, TrainConfig, "encoding", "text encoding of the corpus files")
     _flag(d, TrainConfig, "errors", "what to do with bytes invalid in --encoding", choices=list(ERROR_POLICIES))
+    _flag(d, TrainConfig, "transliterate", "ascii = map the text to ASCII with unidecode (the [ascii] extra) "
+          "over a printable-ASCII vocabulary; none = keep it", choices=list(TRANSLITERATIONS))
     _flag(d, TrainConfig, "batching", "batch layout: stateful TBPTT streams or random windows", choices=list(LAYOUTS))
     _flag(d, TrainConfig, "reset_prob", "streams: chance per window that a stream forgets its state (cold-start practice)", type=float)
     _flag(d, TrainConfig, "batch_size", "sequences per step; under torchrun the global batch, split over the processes", type=int)
@@ -236,7 +238,11 @@ def _cmd_eval(args) -> int:
         raise CharnnError("; ".join(problems))
     model = load(args.run_dir, args.device)
     if args.text is not None:
-        text, what = read_corpus([args.text], args.encoding, args.errors).text, args.text
+        from charnn.checkpoint import read_run
+
+        # A transliterated run scores text transliterated the same way.
+        how = read_run(args.run_dir).train.get("transliterate", "none")
+        text, what = read_corpus([args.text], args.encoding, args.errors, how).text, args.text
         ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
     else:
         from charnn.checkpoint import read_run
@@ -357,6 +363,125 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+# --- memorize ---------------------------------------------------------------------------------
+def _add_memorize(sub) -> None:
+    from charnn.memorize import FEEDBACKS, LOSSES, MemorizeConfig
+    from charnn.models import CORES, INPUTS
+
+    p = sub.add_parser(
+        "memorize", help="train a model to recite one text and measure its recall",
+        description=(
+            "Train a model to recite TEXT from a <start> token (one update per epoch on the whole "
+            "text), then report its greedy recall, exact match, character and teacher-forced "
+            "accuracy, and the first epoch with an exact recall."
+        ),
+    )
+    p.add_argument("text", nargs="?", default=argparse.SUPPRESS, metavar="TEXT",
+                   help="the text to memorise (a --preset supplies one)")
+    p.add_argument("--preset", dest="preset", default=argparse.SUPPRESS, metavar="NAME",
+                   help="the seed notebook's experiments; flags given still win (see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    _flag(p, MemorizeConfig, "alphabet", "the characters of the vocabulary, \"\" = those of TEXT")
+    _flag(p, MemorizeConfig, "cell", "recurrent core", choices=list(CORES))
+    _flag(p, MemorizeConfig, "layers", "stacked recurrent layers", type=int)
+    _flag(p, MemorizeConfig, "hidden", "hidden units per layer", type=int)
+    _flag(p, MemorizeConfig, "input", "input encoding", choices=list(INPUTS))
+    _flag(p, MemorizeConfig, "embed", "embedding size (with --input embedding)", type=int)
+    _flag(p, MemorizeConfig, "loss", "ce = cross-entropy; mse = squared error to the one-hot target", choices=list(LOSSES))
+    _flag(p, MemorizeConfig, "lr", "Adam learning rate", type=float)
+    _flag(p, MemorizeConfig, "epochs", "updates, each on the whole text", type=int)
+    _flag(p, MemorizeConfig, "batch_size", "sliding windows per batch", type=int)
+    _flag(p, MemorizeConfig, "feedback", "what recall feeds back: the prediction as one-hot, or the raw output vector",
+          choices=list(FEEDBACKS))
+    _flag(p, MemorizeConfig, "seed", "random seed of the weights", type=int)
+    _flag(p, MemorizeConfig, "stop_when_exact", "stop training at the first exact recall", action="store_true")
+    _flag(p, MemorizeConfig, "threads", "CPU threads for torch, 0 = torch's default", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object (no progress)")
+    p.set_defaults(func=_cmd_memorize)
+
+
+def _cmd_memorize(args) -> int:
+    from charnn.memorize import PRESETS, describe, format_result, make_vocab, memorize, resolve
+
+    if args.list_presets:
+        for name, (description, settings) in PRESETS.items():
+            print(f"{name}: {description}\n  " + " ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in settings.items()))
+        return 0
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "list_presets")}
+    config = resolve(settings)
+    on_epoch = None
+    if not args.json:
+        print(describe(config, len(make_vocab(config.text, config.alphabet))), flush=True)
+        every = max(1, config.epochs // 10)
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            if epoch == 1 or epoch % every == 0:
+                print(f"epoch {epoch:>6}  loss {loss:.4g}", flush=True)
+
+    result = memorize(config, on_epoch)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(format_result(result))
+    return 0
+
+
+# --- capacity ---------------------------------------------------------------------------------
+def _list_of(cast, what: str):
+    def parse(value: str):
+        try:
+            items = [cast(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            items = []
+        if not items:
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {what}, got {value!r}")
+        return items
+
+    return parse
+
+
+def _add_capacity(sub) -> None:
+    from charnn.capacity import KINDS, CapacityConfig
+    from charnn.models import CORES, INPUTS
+
+    p = sub.add_parser(
+        "capacity", help="sweep cells x sizes x text lengths: how long a text can each cell recite?",
+        description=(
+            "Run the memorisation experiment over cells x hidden sizes x text lengths x seeds with a "
+            "fixed update budget; append one JSON line per run to OUT/capacity.jsonl (a rerun skips "
+            "runs already there), and write OUT/capacity.md (table) and OUT/capacity.png (plot)."
+        ),
+    )
+    _flag(p, CapacityConfig, "cells", f"comma-separated cores ({', '.join(CORES)})", type=_list_of(str, "core names"))
+    _flag(p, CapacityConfig, "hidden", "comma-separated hidden sizes", type=_list_of(int, "positive integers"))
+    _flag(p, CapacityConfig, "lengths", "comma-separated text lengths in characters", type=_list_of(int, "positive integers"))
+    _flag(p, CapacityConfig, "kinds", f"comma-separated text kinds ({', '.join(KINDS)})", type=_list_of(str, "text kinds"))
+    _flag(p, CapacityConfig, "seeds", "seeds per setting (the text and the weights)", type=int)
+    _flag(p, CapacityConfig, "epochs", "update budget of each run (it stops at its first exact recall)", type=int)
+    _flag(p, CapacityConfig, "layers", "stacked recurrent layers", type=int)
+    _flag(p, CapacityConfig, "input", "input encoding", choices=list(INPUTS))
+    _flag(p, CapacityConfig, "loss", "ce or mse", choices=["ce", "mse"])
+    _flag(p, CapacityConfig, "lr", "Adam learning rate", type=float)
+    _flag(p, CapacityConfig, "alphabet", "characters of the random strings (log2 of its size = bits per character)")
+    _flag(p, CapacityConfig, "corpus", "text file the natural-text slices come from, \"\" = tiny Shakespeare")
+    _flag(p, CapacityConfig, "out", "directory of capacity.jsonl, capacity.md and capacity.png")
+    _flag(p, CapacityConfig, "threads", "CPU threads for torch, 0 = torch's default", type=int)
+    p.add_argument("--quiet", action="store_true", help="no line per run")
+    p.set_defaults(func=_cmd_capacity)
+
+
+def _cmd_capacity(args) -> int:
+    from charnn.capacity import CapacityConfig, sweep
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
+    config = CapacityConfig(**settings)
+    result = sweep(config, log=(lambda line: None) if args.quiet else None)
+    print(result.table)
+    plot = f", plot {result.plot}" if result.plot else " (no plot: pip install 'charnn[plot]')"
+    print(f"\n{result.ran} runs now, {result.skipped} already in {result.jsonl}; table {result.markdown}{plot}")
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from charnn import __version__
@@ -371,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_serve(sub)
     _add_prepare(sub)
+    _add_memorize(sub)
+    _add_capacity(sub)
     return parser
 
 

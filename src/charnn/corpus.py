@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from charnn.errors import CharnnError
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
 DEFAULT_CORPUS = "tinyshakespeare"
 ERROR_POLICIES = ("strict", "replace", "ignore")
+TRANSLITERATIONS = ("none", "ascii")
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,14 @@ def read_corpus(
     paths: list[str] | tuple[str, ...] = (),
     encoding: str = "utf-8",
     errors: str = "strict",
+    transliterate: str = "none",
 ) -> Corpus:
-    """Concatenate the text of `paths` (files or directories); none = the bundled corpus."""
+    """Concatenate the text of `paths` (files or directories); none = the bundled corpus.
+
+    `transliterate="ascii"` then maps the text to ASCII (see `transliterate_text`).
+    """
+    if transliterate not in TRANSLITERATIONS:
+        raise CharnnError(f"--transliterate must be one of {', '.join(TRANSLITERATIONS)}, got {transliterate!r}")
     check_decoding(encoding, errors)
     sources = resolve_sources(paths)
     texts = [
@@ -79,7 +87,7 @@ def read_corpus(
     names = source_names(sources)
     if not text:
         raise empty_corpus(names)
-    return Corpus(text, names)
+    return Corpus(transliterate_text(text, transliterate), names)
 
 
 def check_decoding(encoding: str, errors: str) -> None:
@@ -118,6 +126,33 @@ def source_names(sources: list[str | Path]) -> tuple[str, ...]:
 
 def empty_corpus(names: tuple[str, ...]) -> CharnnError:
     return CharnnError(f"the corpus is empty ({', '.join(names)}); pass a file with some text in it")
+
+
+def transliterate_text(text: str, how: str = "ascii") -> str:
+    """"ascii": the closest ASCII spelling of every character, by unidecode (as the seed
+    notebook did: "café — naïve" -> "cafe -- naive"); "none": the text unchanged.
+
+    unidecode is an optional dependency (pip install 'charnn[ascii]'), imported here only.
+    """
+    if how == "none" or text.isascii():
+        return text
+    try:
+        from unidecode import unidecode
+    except ImportError:
+        raise CharnnError(
+            "--transliterate ascii needs the unidecode package; install it with "
+            "pip install 'charnn[ascii]' (or pip install unidecode)"
+        ) from None
+    return unidecode(text)
+
+
+def base_chars(transliterate: str) -> str:
+    """Characters a run's vocabulary holds whether or not its text uses them.
+
+    A transliterated run gets all of printable ASCII (the notebook's `string.printable`), so
+    any ASCII prime can be sampled from; otherwise the vocabulary is the text's own characters.
+    """
+    return string.printable if transliterate == "ascii" else ""
 
 
 def _read_file(path: Path, encoding: str, errors: str) -> str:

@@ -169,7 +169,8 @@ def validation_text(files) -> str:
         ids = np.asarray(validation_ids(files), dtype=np.int64)
         points = np.array([ord(c) for c in files.vocab.chars], dtype="<u4")
         return points[ids[ids < len(points)]].tobytes().decode("utf-32-le", "surrogatepass")
-    corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"))
+    corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
+                         train.get("transliterate", "none"))
     if files.data.get("sha256") and files.data["sha256"] != text_digest(corpus.text):
         raise CharnnError(
             f"the run's corpus ({', '.join(corpus.sources)}) changed since it was trained, so its "

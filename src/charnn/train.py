@@ -27,7 +27,14 @@ import torch
 
 from charnn import checkpoint
 from charnn.batching import LAYOUTS, make_batches
-from charnn.corpus import Corpus, read_corpus, split_point, text_digest
+from charnn.corpus import (
+    TRANSLITERATIONS,
+    Corpus,
+    base_chars,
+    read_corpus,
+    split_point,
+    text_digest,
+)
 from charnn.distributed import Dist, session
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
@@ -47,6 +54,7 @@ class TrainConfig:
     out: str = ""  # run directory; "" = runs/<corpus name>
     encoding: str = "utf-8"
     errors: str = "strict"  # strict | replace | ignore
+    transliterate: str = "none"  # none | ascii (unidecode; the vocabulary then holds printable ASCII)
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
     reset_prob: float = 0.0  # streams: chance per window that a row's carried state is dropped
@@ -98,6 +106,8 @@ class TrainConfig:
             p.append(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.batching not in LAYOUTS:
             p.append(f"--batching must be one of {', '.join(LAYOUTS)}, got {self.batching!r}")
+        if self.transliterate not in TRANSLITERATIONS:
+            p.append(f"--transliterate must be one of {', '.join(TRANSLITERATIONS)}, got {self.transliterate!r}")
         if self.dtype not in ("auto", *DTYPES):
             p.append(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {self.dtype!r}")
         return p
@@ -204,8 +214,13 @@ class Trainer:
         # The corpus: text read and encoded in memory, or a prepared token file (read as indexed).
         prepared = find_prepared(cfg.corpus)
         if prepared is None:
-            corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors)
+            corpus = read_corpus(cfg.corpus, cfg.encoding, cfg.errors, cfg.transliterate)
             record = self._corpus_record(corpus)
+        elif cfg.transliterate != "none":
+            raise CharnnError(
+                f"--transliterate {cfg.transliterate} does not apply to the prepared corpus "
+                f"{prepared.path}; transliterate the text before charnn prepare, or train on the text"
+            )
         else:
             record = prepared.record
         if resume:
@@ -214,7 +229,9 @@ class Trainer:
             self._check_same_corpus(files, record)
             model_config = files.model_config
         else:
-            self.vocab = Vocab.from_text(corpus.text) if prepared is None else prepared.vocab
+            self.vocab = (
+                Vocab.from_text(corpus.text + base_chars(cfg.transliterate)) if prepared is None else prepared.vocab
+            )
             model_config = replace(model_config, vocab_size=len(self.vocab))
         if prepared is None:
             ids = self.vocab.encode(corpus.text, what="the corpus")

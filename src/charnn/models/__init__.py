@@ -11,13 +11,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from charnn.errors import CharnnError
-from charnn.models import fused
+from charnn.models import fused, scratch
 from charnn.models.lm import CharLM
 
 CORES = {
     "rnn": fused.rnn,
     "lstm": fused.lstm,
     "gru": fused.gru,
+    # The same cells written out in plain tensor operations (slower; parity-tested).
+    "rnn-scratch": scratch.rnn,
+    "lstm-scratch": scratch.lstm,
+    "gru-scratch": scratch.gru,
 }
 INPUTS = ("embedding", "onehot")
 
