@@ -57,10 +57,10 @@ class TrainConfig:
     transliterate: str = "none"  # none | ascii (unidecode; the vocabulary then holds printable ASCII)
     val_fraction: float = 0.1
     batching: str = "streams"  # streams (stateful TBPTT) | windows
-    reset_prob: float = 0.0  # streams: chance per window that a row's carried state is dropped
+    reset_prob: float = 0.05  # streams: chance per window that a row's carried state is dropped
     batch_size: int = 32  # sequences per step in all: under torchrun, summed over the processes
     seq_len: int = 96
-    lr: float = 4e-3
+    lr: float = 6e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup: int = 50  # steps of linear warmup
     weight_decay: float = 0.0
