@@ -39,10 +39,15 @@ class ModelConfig:
     # Stacking of the minGRU / minLSTM layers (models/minrnn.py): "plain" feeds each layer's
     # states to the next; "residual" is the paper's language model (pre-norm residual blocks,
     # an MLP of mlp x hidden units, a state of expand x hidden, a causal conv of `conv` taps).
-    block: str = "plain"
+    # "auto" is resolved on creation: residual for mingru / minlstm, plain for the others.
+    block: str = "auto"
     expand: float = 1.0
-    mlp: float = 4.0
-    conv: int = 0  # 0 = no convolution
+    mlp: float = 2.0
+    conv: int = 4  # 0 = no convolution
+
+    def __post_init__(self) -> None:
+        if self.block == "auto":
+            self.block = "residual" if self.model in MIN_CORES else "plain"
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages that name the flag."""
@@ -72,12 +77,12 @@ class ModelConfig:
             p.append(f"--mlp must be in [0, 64] (0 = no MLP), got {self.mlp}")
         if not isinstance(self.conv, int) or self.conv < 0 or self.conv == 1:
             p.append(f"--conv must be 0 (off) or a kernel size >= 2, got {self.conv}")
-        if self.block == "plain":
+        if self.block != "residual":
             defaults = {f.name: f.default for f in fields(self)}
             changed = [n for n in ("expand", "mlp", "conv") if getattr(self, n) != defaults[n]]
             if changed:
-                flags = ", ".join(f"--{n}" for n in changed)
-                p.append(f"{flags} only apply with --block residual; add --block residual or drop them")
+                p.append(f"{', '.join('--' + n for n in changed)} only apply to --model mingru or minlstm "
+                         f"with --block residual (got --model {self.model}, --block {self.block}); drop them")
         return p
 
     def block_options(self) -> dict:
