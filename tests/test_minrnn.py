@@ -16,7 +16,7 @@ from conftest import TINY_TRAIN
 
 SCANS = ["loop", "log"]
 STACKS = {
-    "plain": {},
+    "plain": {"block": "plain"},
     "residual": {"block": "residual", "expand": 1.5, "mlp": 2.0},
     "residual-conv": {"block": "residual", "expand": 1.0, "mlp": 0.0, "conv": 4},
 }
@@ -222,7 +222,7 @@ def test_bad_block_settings_are_reported_together():
     for part in ("--block residual needs --model mingru or minlstm", "--expand must be",
                  "--mlp must be", "--conv must be 0 (off) or a kernel size >= 2"):
         assert part in msg
-    with pytest.raises(CharnnError, match="--conv only apply to --model mingru or minlstm with --block residual"):
+    with pytest.raises(CharnnError, match="--conv only applies to --model mingru or minlstm with --block residual"):
         build_model(ModelConfig(model="mingru", block="plain", conv=2, vocab_size=5))
     with pytest.raises(CharnnError, match=r"--mlp, --conv only apply to .* \(got --model gru, --block plain\)"):
         build_model(ModelConfig(model="gru", mlp=1.0, conv=0, vocab_size=5))
@@ -248,8 +248,17 @@ def test_configs_saved_before_the_block_fields_still_load():
 
 def test_parameter_counts():
     # minGRU: one Linear(D, 2H) per layer; minLSTM: Linear(D, 3H) (Sections 3.1, 3.2)
-    assert sum(p.numel() for p in MinRNN("gru", 10, 20, 1, 0.0).parameters()) == 2 * 20 * (10 + 1)
-    assert sum(p.numel() for p in MinRNN("lstm", 10, 20, 1, 0.0).parameters()) == 3 * 20 * (10 + 1)
+    assert sum(p.numel() for p in MinRNN("gru", 10, 20, 1, 0.0, block="plain").parameters()) == 2 * 20 * (10 + 1)
+    assert sum(p.numel() for p in MinRNN("lstm", 10, 20, 1, 0.0, block="plain").parameters()) == 3 * 20 * (10 + 1)
+
+
+def test_core_defaults_are_the_configs():
+    """CORES["mingru"](...) without options builds what ModelConfig(model="mingru") describes."""
+    import inspect
+
+    cfg = ModelConfig(model="mingru")
+    params = inspect.signature(MinRNN).parameters
+    assert {k: params[k].default for k in cfg.block_options()} == cfg.block_options()
 
 
 # --- end to end -----------------------------------------------------------------------------

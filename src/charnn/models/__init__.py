@@ -81,8 +81,10 @@ class ModelConfig:
             defaults = {f.name: f.default for f in fields(self)}
             changed = [n for n in ("expand", "mlp", "conv") if getattr(self, n) != defaults[n]]
             if changed:
-                p.append(f"{', '.join('--' + n for n in changed)} only apply to --model mingru or minlstm "
-                         f"with --block residual (got --model {self.model}, --block {self.block}); drop them")
+                verb = "applies" if len(changed) == 1 else "apply"
+                p.append(f"{', '.join('--' + n for n in changed)} only {verb} to --model mingru or minlstm "
+                         f"with --block residual (got --model {self.model}, --block {self.block}); drop "
+                         f"{'it' if len(changed) == 1 else 'them'}")
         return p
 
     def block_options(self) -> dict:

@@ -265,20 +265,24 @@ class MinCell(nn.Module):
         return SCAN_FUNCTIONS[scan](self.kind, self.proj(x), h0)  # (B, T, S)
 
 
+def _depthwise(xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """xp (B, K - 1 + T, D), weight (D, K), bias (D,) -> y (B, T, D)."""
+    K = weight.shape[1]
+    T = xp.shape[1] - K + 1
+    y = torch.addcmul(bias, xp[:, K - 1 :], weight[:, K - 1])
+    for k in range(K - 1):
+        y.addcmul_(xp[:, k : k + T], weight[:, k])
+    return y
+
+
 class _DepthwiseConv(torch.autograd.Function):
     """y_t = bias + sum_k w_k * x_{t+k} over a window of K inputs, with a hand-written backward
     (autograd through K shifted slices allocates and copies a full-size gradient per slice)."""
 
     @staticmethod
     def forward(ctx, xp, weight, bias):
-        # xp (B, K - 1 + T, D), weight (D, K), bias (D,) -> y (B, T, D)
-        K = weight.shape[1]
-        T = xp.shape[1] - K + 1
-        y = torch.addcmul(bias, xp[:, K - 1 :], weight[:, K - 1])
-        for k in range(K - 1):
-            y.addcmul_(xp[:, k : k + T], weight[:, k])
         ctx.save_for_backward(xp, weight)
-        return y
+        return _depthwise(xp, weight, bias)
 
     @staticmethod
     def backward(ctx, gy):
@@ -315,7 +319,9 @@ class CausalConv(nn.Module):
         T = x.shape[1]
         xp = torch.cat([past.to(x.dtype), x], 1)  # (B, K - 1 + T, D)
         w, b = self.weight.to(x.dtype), self.bias.to(x.dtype)
-        return _DepthwiseConv.apply(xp, w, b), xp[:, T:]
+        if torch.is_grad_enabled() and (xp.requires_grad or w.requires_grad):
+            return _DepthwiseConv.apply(xp, w, b), xp[:, T:]
+        return _depthwise(xp, w, b), xp[:, T:]  # sampling and scoring: no autograd node
 
 
 class ResidualBlock(nn.Module):
@@ -362,10 +368,10 @@ class MinRNN(nn.Module):
         layers: int,
         dropout: float,
         *,
-        block: str = "plain",
+        block: str = "residual",  # the defaults are ModelConfig's (tested)
         expand: float = 1.0,
-        mlp: float = 0.0,
-        conv: int = 0,
+        mlp: float = 2.0,
+        conv: int = 4,
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
