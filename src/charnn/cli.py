@@ -72,6 +72,11 @@ def _add_train(sub) -> None:
     _flag(m, ModelConfig, "embed", "embedding size", type=int)
     _flag(m, ModelConfig, "dropout", "dropout between layers and before the head, 0 = off", type=float)
     _flag(m, ModelConfig, "input", "input encoding", choices=list(INPUTS))
+    _flag(m, ModelConfig, "block", "mingru/minlstm stacking: plain, or residual (the paper's language model); "
+          "auto = residual for mingru/minlstm", choices=["auto", "plain", "residual"])
+    _flag(m, ModelConfig, "expand", "--block residual: recurrent state size as a multiple of --hidden", type=float)
+    _flag(m, ModelConfig, "mlp", "--block residual: MLP size as a multiple of --hidden, 0 = no MLP", type=float)
+    _flag(m, ModelConfig, "conv", "--block residual: causal convolution kernel size, 0 = off", type=int)
 
     d = p.add_argument_group("data")
     _flag(d, TrainConfig, "val_fraction", "fraction of the corpus (its end) held out for validation", type=float)
