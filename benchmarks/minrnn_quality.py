@@ -56,6 +56,24 @@ def train_and_score(flags: str, budget: float, out: Path, extra: list[str]) -> d
             *shlex.split(flags), *extra]
     summary = charnn(*argv)
     params = re.search(r"([\d,]+) parameters", summary)
+    return score(flags, out, int(params.group(1).replace(",", "")) if params else 0)
+
+
+def parameter_count(run: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def score(flags: str, out: Path, params: int) -> dict:
+    """Score a finished run's best weights under both protocols."""
     with open(out / "metrics.jsonl", encoding="utf-8") as f:
         metrics = [json.loads(line) for line in f]
     with open(out / "config.json", encoding="utf-8") as f:
@@ -68,7 +86,7 @@ def train_and_score(flags: str, budget: float, out: Path, extra: list[str]) -> d
         "flags": flags, "windows": scores["windows"], "stateful": scores["stateful"],
         "steps": last["step"], "time": last["time"], "chars_per_s": sorted(speeds)[len(speeds) // 2] if speeds else 0.0,
         "dtype": config.get("train", {}).get("dtype", "?"), "run": str(out),
-        "params": int(params.group(1).replace(",", "")) if params else 0,
+        "params": params,
     }
 
 
@@ -82,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default="runs/minrnn_quality", help="where the runs go (default: %(default)s)")
     p.add_argument("--extra", default="", help="flags added to every run, e.g. '--threads 2' (default: none)")
     p.add_argument("--markdown", metavar="FILE", help="append the results to FILE")
+    p.add_argument("--baseline-run", action="append", default=[], metavar="SECONDS=DIR",
+                   help="score this finished run as the baseline of that budget instead of training one "
+                        "(e.g. 600=runs/bench/10min-...: quality.py's cpu-10min run, same budget); repeatable")
     args = p.parse_args(argv)
+    baseline_runs = {float(k): Path(v) for k, v in (item.split("=", 1) for item in args.baseline_run)}
     if args.quick:
         args.budgets, args.baseline, args.candidates = "15", QUICK_BASELINE, QUICK_CANDIDATES
         if args.workdir == p.get_default("workdir"):
@@ -95,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for i, flags in enumerate([args.baseline, *args.candidates]):
             flags = flags.replace("{minutes}", minutes)
-            out = Path(args.workdir) / f"{stamp}-{minutes}min-{i}"
-            r = train_and_score(flags, budget, out, extra)
+            if i == 0 and budget in baseline_runs:
+                r = score(flags, baseline_runs[budget], parameter_count(baseline_runs[budget]))
+            else:
+                out = Path(args.workdir) / f"{stamp}-{minutes}min-{i}"
+                r = train_and_score(flags, budget, out, extra)
             rows.append(r)
             print(f"{minutes} min: windows {r['windows']:.4f}, stateful {r['stateful']:.4f}, {r['steps']} steps, "
                   f"{r['chars_per_s']:,.0f} chars/s ({r['dtype']}): {flags}", flush=True)
