@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=256, help="characters per request (default: 256)")
     ap.add_argument("--server-arg", action="append", default=[], help="extra flag for charnn serve (repeatable)")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    ap.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,19 +181,23 @@ def main(argv: list[str] | None = None) -> int:
         "file descriptors back to start (+-4)": abs(after["fds"] - before["fds"]) <= 4,
         f"aggregate >= 10x single with {args.clients} clients": ratio >= 10,
     }
-    print(f"model {model}: {args.max_tokens} characters per request, server {url}")
-    print("| phase | clients | requests | completed | TTFC p50 | TTFC p99 | chars/s | wall |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [f"Model `{model}`, {args.max_tokens} characters per request, server on 127.0.0.1.", "",
+             "| phase | clients | requests | completed | TTFC p50 | TTFC p99 | chars/s | wall |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, p in (("single stream", single), ("concurrent", many)):
-        print(f"| {name} | {p['clients']} | {p['requests']} | {p['completed']} | {p['ttfc_p50_ms']:.1f} ms | "
-              f"{p['ttfc_p99_ms']:.1f} ms | {p['chars_per_s']:,.0f} | {p['wall_s']:.1f} s |")
-    print(f"aggregate / single: {ratio:.1f}x; server RSS {before['rss_mib']:.0f} -> {after['rss_mib']:.0f} MiB, "
-          f"fds {before['fds']} -> {after['fds']}")
-    for name, ok in checks.items():
-        print(f"{'ok  ' if ok else 'FAIL'} {name}")
+        lines.append(f"| {name} | {p['clients']} | {p['requests']} | {p['completed']} | {p['ttfc_p50_ms']:.1f} ms | "
+                     f"{p['ttfc_p99_ms']:.1f} ms | {p['chars_per_s']:,.0f} | {p['wall_s']:.1f} s |")
+    lines += ["", f"Aggregate / single: **{ratio:.1f}x**; server RSS {before['rss_mib']:.0f} -> "
+                  f"{after['rss_mib']:.0f} MiB, open fds {before['fds']} -> {after['fds']}.", ""]
+    lines += [f"- {'ok' if ok else 'FAILED'}: {name}" for name, ok in checks.items()]
     for p in (single, many):
-        for e in p["errors"]:
-            print(f"  error: {e}")
+        lines += [f"  error: {e}" for e in p["errors"]]
+    print("\n".join(lines))
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import append_section
+
+        append_section("Serving under load", "\n".join(lines))
     if args.json:
         print(json.dumps({"single": single, "concurrent": many, "ratio": ratio, "before": before,
                           "after": after, "checks": checks}))
