@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -138,7 +139,10 @@ def main() -> None:
         if args.quick:
             cmd += ["--hidden", "64", "--layers", "1"]
         start = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        summary = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        print(summary, end="", flush=True)
+        found = re.search(r"([\d,]+) parameters", summary)
+        rnn_params = f"{int(found.group(1).replace(',', '')) / 1e6:.2f} M" if found else "?"
         rnn_time = time.perf_counter() - start
         results = {}
         for window in (64, 256):
@@ -151,7 +155,7 @@ def main() -> None:
         ["nanoGPT CPU recipe (transformer 4x128, context 64)", f"{params / 1e6:.2f} M", f"{gpt_time:.0f} s ({done} iters)",
          f"{gpt_loss:.4f}", "—"],
         [f"charnn --preset {args.preset} ({m['model']} {m['layers']}x{m['hidden']}), same training time",
-         "", f"{rnn_time:.0f} s wall (training {max(5.0, gpt_time):.0f} s)", f"**{results[64]:.4f}**", f"{results[256]:.4f}"],
+         rnn_params, f"{rnn_time:.0f} s wall (training {max(5.0, gpt_time):.0f} s)", f"**{results[64]:.4f}**", f"{results[256]:.4f}"],
     ]
     body = ("Validation loss (nats/char) on tiny Shakespeare's last 10 %, non-overlapping windows from a fresh "
             "context/state, every position scored.\n\n"

@@ -171,7 +171,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="prime characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="sampling engine: auto = ONNX Runtime when installed (same numbers, faster), else torch (default: auto)")
+                   help="sampling engine: auto = ONNX Runtime when the run has an export (charnn export; same numbers, faster), else torch (default: auto)")
     p.add_argument("--quantize", choices=["none", "int8"], default="none",
                    help="int8 = dynamically quantised weights: faster, slightly lower quality (default: none)")
     p.set_defaults(func=_cmd_sample)
@@ -351,6 +351,8 @@ def _add_serve(sub) -> None:
           choices=["auto", "torch", "onnx"])
     _flag(p, ServeConfig, "quantize", "int8 = dynamically quantised weights: faster, slightly lower quality",
           choices=["none", "int8"])
+    _flag(p, ServeConfig, "threads", "CPU threads for the model steps, 0 = torch's default "
+          "(1 leaves a core to the HTTP side)", type=int)
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=_cmd_serve)
 
