@@ -4,10 +4,12 @@ An RNN step for 32 streams costs little more than for one (the weights are read 
 step either way), so an engine keeps all the streams of a model in one batch and steps
 them together, letting streams join and leave between steps:
 
-    submit ──► pending groups (bounded) ──► admit: prime each prompt in one pass, as
+    submit ──► pending groups (bounded) ──► primer thread: prime each prompt in one pass, as
                                             sample.generate does (prompts of equal length
-                                            that arrive together share the pass), and fan
-                                            its state and last logits out to n rows
+                                            waiting together share the pass), beside the
+                                            engine thread, so the batch never waits for it
+           ──► admit (engine thread, between steps, in order): fan each primed state and
+               last logits out to the prompt's n rows
     loop:  sample one id per row, each with its own settings and its own generator's
            noise (sample_rows) ──► text, stop strings ──► the job's outputs
            ──► drop finished and cancelled rows ──► stepper.step(ids (B,), state) for the rest
@@ -127,6 +129,8 @@ class _Group:
     first_index: int
     seeds: list[int]
     sampling: Sampling
+    priming: bool = False  # taken by the primer thread
+    primed: tuple | None = None  # (logits (1, V) after the prompt, its state with batch 1)
 
 
 class _Stream:
@@ -157,6 +161,7 @@ class Engine:
         self.generated = 0  # characters sampled since start, all streams
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._primer: threading.Thread | None = None
         # The batch, touched only by the engine thread: one row per stream.
         self._rows: list[_Stream] = []
         self._logits: torch.Tensor | None = None  # (B, V) the next character's logits
@@ -177,6 +182,8 @@ class Engine:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="charnn-engine", daemon=True)
             self._thread.start()
+            self._primer = threading.Thread(target=self._prime_loop, name="charnn-primer", daemon=True)
+            self._primer.start()
         return self
 
     def close(self) -> None:
@@ -184,8 +191,9 @@ class Engine:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in (self._thread, self._primer):
+            if thread is not None:
+                thread.join()
         for g in self._pending:
             g.job._fail("the server is shutting down", range(g.first_index, g.first_index + len(g.seeds)))
         self._pending.clear()
@@ -218,7 +226,7 @@ class Engine:
                 raise QueueFull(f"{self._active} streams running and {self._queued} waiting")
             self._pending.extend(groups)
             self._queued += job.choices
-            self._cond.notify()
+            self._cond.notify_all()  # the primer thread (and the engine thread, if it waits)
         return job
 
     def _drop_cancelled(self) -> None:
@@ -231,7 +239,7 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not (self._closed or self._pending or self._rows):
+                    while not (self._closed or self._rows or (self._pending and self._pending[0].primed)):
                         self._cond.wait()
                     if self._closed:
                         break
@@ -249,8 +257,9 @@ class Engine:
             self._fail_all("the server is shutting down", [])
 
     def _take_pending(self) -> list[_Group]:
+        """The primed groups at the head of the queue that fit in the batch, in order."""
         admit, free = [], self.max_batch - len(self._rows)
-        while self._pending and len(self._pending[0].seeds) <= free:
+        while self._pending and self._pending[0].primed and len(self._pending[0].seeds) <= free:
             g = self._pending.popleft()
             self._queued -= len(g.seeds)
             if not g.job.cancelled:
@@ -259,27 +268,77 @@ class Engine:
                 self._active += len(g.seeds)  # counted as running from now on, not as waiting
         return admit
 
-    def _admit(self, groups: list[_Group]) -> None:
-        """Prime the admitted prompts and add their rows to the batch.
+    # --- the primer thread ----------------------------------------------------------------
+    def _prime_loop(self) -> None:
+        """Prime waiting prompts beside the engine thread, so the batch never stalls on them.
 
-        Each prompt is primed in one pass as sample.generate does; prompts of the same length
-        that arrive together share that pass (a lone prompt is primed alone, B=1).
+        With one torch thread each (charnn serve --threads 1) the priming pass and the batch's
+        steps run on two cores at once; the numbers are those of priming in the engine thread.
         """
-        by_length: dict[int, list[_Group]] = {}
-        for g in groups:
-            by_length.setdefault(len(g.prompt), []).append(g)
-        for same in by_length.values():
-            ids = torch.tensor([g.prompt for g in same], dtype=torch.long, device=self.device)  # (k, P)
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._closed or any(not g.priming for g in self._pending)):
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    todo = [g for g in self._pending if not g.priming]
+                    for g in todo:
+                        g.priming = True
+                todo = [g for g in todo if not g.job.cancelled]
+                try:
+                    primed = self._prime(todo)
+                except Exception as e:  # a bug or out of memory: fail these jobs, keep serving
+                    log.exception("priming failed")
+                    with self._cond:
+                        for g in todo:
+                            if g in self._pending:
+                                self._pending.remove(g)
+                                self._queued -= len(g.seeds)
+                    for g in todo:
+                        g.job._fail(f"generation failed: {type(e).__name__}: {e}",
+                                    range(g.first_index, g.first_index + len(g.seeds)))
+                    continue
+                with self._cond:
+                    for g, result in zip(todo, primed):
+                        g.primed = result
+                    self._cond.notify_all()
+                    # Cancelled groups are never primed: drop them so they block nobody.
+                    if any(g.job.cancelled and not g.primed for g in self._pending):
+                        self._drop_cancelled()
+
+    def _prime(self, groups: list[_Group]) -> list[tuple]:
+        """Each group's logits after its prompt and the state there, one pass per prompt length.
+
+        As sample.generate does it: prompts of the same length that are waiting together share
+        the pass (a lone prompt is primed alone, B=1).
+        """
+        by_length: dict[int, list[int]] = {}
+        for k, g in enumerate(groups):
+            by_length.setdefault(len(g.prompt), []).append(k)
+        out: list[tuple] = [None] * len(groups)
+        for ks in by_length.values():
+            ids = torch.tensor([groups[k].prompt for k in ks], dtype=torch.long, device=self.device)  # (k, P)
             logits, state = self.lm(ids)  # (k, P, V)
-            fan = torch.tensor([k for k, g in enumerate(same) for _ in g.seeds], device=self.device)
-            logits = logits[:, -1].index_select(0, fan)  # (n, V): each prompt's rows, n in all
+            for row, k in enumerate(ks):
+                pick = torch.tensor([row], device=self.device)
+                out[k] = (logits[row : row + 1, -1], select_state(state, pick))
+        return out
+
+    def _admit(self, groups: list[_Group]) -> None:
+        """Add the rows of primed groups to the batch: each prompt's state and last logits fanned
+        out to its n choices, each choice with its own seeded generator."""
+        for g in groups:
+            logits, state = g.primed
+            fan = torch.zeros(len(g.seeds), dtype=torch.long, device=self.device)
+            logits = logits.index_select(0, fan)  # (n, V)
             state = select_state(state, fan)  # (layers, n, H)
             noise = torch.ones((len(fan), NOISE_BLOCK, logits.shape[-1]), device=self.device)
-            for g in same:
-                for i, seed in enumerate(g.seeds):
-                    gen = torch.Generator(device=self.device)
-                    gen.manual_seed(seed)
-                    self._rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
+            for i, seed in enumerate(g.seeds):
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(seed)
+                self._rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
+            g.primed = True  # the tensors now live in the batch
             if self._logits is None:
                 self._logits, self._state, self._noise = logits, state, noise
             else:
