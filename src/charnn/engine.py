@@ -338,7 +338,6 @@ class Engine:
                 gen = torch.Generator(device=self.device)
                 gen.manual_seed(seed)
                 self._rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
-            g.primed = True  # the tensors now live in the batch
             if self._logits is None:
                 self._logits, self._state, self._noise = logits, state, noise
             else:
