@@ -34,7 +34,7 @@ import torch
 
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss
-from charnn.sample import generate
+from charnn.infer.sampling import generate
 
 VOCAB = 65  # tiny Shakespeare's
 

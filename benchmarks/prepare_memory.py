@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charnn.corpus import bundled_text
+from charnn.data.corpus import bundled_text
 from common import append_section, table
 
 TRAIN = ["--max-steps", "20", "--eval-every", "0", "--log-every", "10", "--sample-chars", "0",

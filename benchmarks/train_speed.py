@@ -21,7 +21,7 @@ import torch
 
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss, detach_state
-from charnn.train import Trainer, resolve
+from charnn.train.loop import Trainer, resolve
 from common import append_section, matmul_peak, table
 
 V = 66  # tiny Shakespeare's vocabulary with <unk>

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charnn.corpus import bundled_text, split_text
-from charnn.vocab import Vocab
+from charnn.data.corpus import bundled_text, split_text
+from charnn.data.vocab import Vocab
 from common import append_section, table
 
 

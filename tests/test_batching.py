@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from charnn.batching import StreamBatches, WindowBatches, make_batches
+from charnn.data.batching import StreamBatches, WindowBatches, make_batches
 from charnn.errors import CharnnError
 
 DATA = np.arange(1000, dtype=np.int64)

@@ -201,7 +201,7 @@ def test_presets(capsys, corpus_file, tmp_path):
     code, _, err = run(capsys, "train", "--preset", "nope")
     assert_user_error(code, err, "--preset must be one of", "'nope'")
     # A preset sets defaults; explicit flags still win.
-    from charnn.train import resolve
+    from charnn.train.loop import resolve
 
     model, cfg = resolve({"preset": "quick", "hidden": 32, "corpus": [str(corpus_file)], "out": str(tmp_path / "r")})
     assert model.hidden == 32 and model.layers == 1 and cfg.max_time == 30.0 and cfg.preset == "quick"

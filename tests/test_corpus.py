@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from charnn.corpus import read_corpus, split_text
+from charnn.data.corpus import read_corpus, split_text
 from charnn.errors import CharnnError
 
 

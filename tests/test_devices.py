@@ -16,11 +16,11 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.train import resolve
+from charnn.train.loop import resolve
 from conftest import TINY_MODEL, TINY_TRAIN
 from test_train import assert_identical
 
-train_module = importlib.import_module("charnn.train")  # charnn.train is also the function
+train_module = importlib.import_module("charnn.train.loop")  # charnn.train is also the function
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 

@@ -17,9 +17,9 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.cli import main
-from charnn.distributed import Dist, ReportedByRankZero, from_env
+from charnn.train.distributed import Dist, ReportedByRankZero, from_env
 from charnn.errors import CharnnError
-from charnn.train import Trainer, resolve
+from charnn.train.loop import Trainer, resolve
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 from test_train import assert_identical
 
@@ -111,7 +111,7 @@ def test_batch_size_is_global_and_must_split_over_the_ranks(corpus_file, tmp_pat
 def test_ranks_draw_their_rows_of_the_global_state_resets():
     import numpy as np
 
-    from charnn.batching import StreamBatches
+    from charnn.data.batching import StreamBatches
 
     data = np.arange(4000, dtype=np.uint8)
     whole = StreamBatches(data, batch_size=8, seq_len=10, reset_prob=0.5, seed=3)
@@ -127,7 +127,7 @@ def test_ranks_draw_their_rows_of_the_global_state_resets():
 def test_ranks_of_the_windows_layout_split_each_global_batch():
     import numpy as np
 
-    from charnn.batching import WindowBatches
+    from charnn.data.batching import WindowBatches
 
     data = np.arange(2000, dtype=np.uint16)
     whole = WindowBatches(data, batch_size=6, seq_len=10, seed=5)
@@ -246,7 +246,7 @@ def test_a_distributed_run_resumes_in_one_process(straight, tmp_path, capsys):
     assert "saved by 2 process(es) with 1" in capsys.readouterr().err
     import numpy as np
 
-    from charnn.batching import StreamBatches
+    from charnn.data.batching import StreamBatches
 
     one = StreamBatches(np.zeros(int(len(TINY_TEXT) * 0.9)), batch_size=4, seq_len=16)
     for _ in range(STEPS + 10):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import charnn
-from charnn.inference import FusedStep, make_stepper, onnx_available, step_module
+from charnn.infer.steps import FusedStep, make_stepper, onnx_available, step_module
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import state_tensors
 
@@ -35,7 +35,7 @@ def test_fused_step_equals_model_step(model, layers, input):
 def test_stepper_generates_what_the_model_generates(tiny_run):
     ref = charnn.load(tiny_run, backend="torch")
     # the reference: plain CharLM.step through sample.generate
-    from charnn.sample import generate
+    from charnn.infer.sampling import generate
 
     ids = ref.prime_ids("ROMEO")
     plain = [int(x) for x in generate(ref.model, [ids], 60, temperature=0.9, seed=3, banned=ref.banned)]
@@ -102,7 +102,7 @@ def test_export_cli_parity_int8_cost_and_auto_pickup(capsys, tiny_run, tmp_path)
 
 @pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 def test_stale_or_broken_export_is_replaced(tiny_run, tmp_path):
-    from charnn.inference import onnx_digest
+    from charnn.infer.steps import onnx_digest
 
     run = copy_run(tiny_run, tmp_path / "run")
     (run / "step.onnx").write_bytes(b"not an onnx model")

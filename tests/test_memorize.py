@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from charnn.capacity import CapacityConfig, capacity_of, corpus_slice, random_text, read_rows, sweep
+from charnn.lab.capacity import CapacityConfig, capacity_of, corpus_slice, random_text, read_rows, sweep
 from charnn.errors import CharnnError
-from charnn.memorize import (
+from charnn.lab.memorize import (
     MemorizeConfig,
     char_accuracy,
     make_vocab,
@@ -195,7 +195,7 @@ def test_tiny_sweep_rows_resume_and_plot(tmp_path):
 
 
 def test_capacity_bits_per_parameter(tmp_path):
-    from charnn.capacity import summarize
+    from charnn.lab.capacity import summarize
 
     rows = [{"kind": "random", "cell": "rnn", "hidden": 4, "length": L, "seed": s, "exact": L <= 16,
              "params": 100, "source": "abcd", "char_accuracy": 1.0} for L in (8, 16, 32) for s in range(3)]

@@ -9,10 +9,10 @@ import pytest
 import charnn
 from charnn import checkpoint
 from charnn.cli import main
-from charnn.corpus import read_corpus, text_digest
+from charnn.data.corpus import read_corpus, text_digest
 from charnn.errors import CharnnError
-from charnn.prepare import find_prepared, open_prepared, prepare, token_dtype
-from charnn.vocab import Vocab
+from charnn.data.prepare import find_prepared, open_prepared, prepare, token_dtype
+from charnn.data.vocab import Vocab
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 from test_train import assert_identical
 
@@ -195,7 +195,7 @@ def test_memory_does_not_grow_with_the_corpus(tmp_path):
 
 
 def test_token_file_reads_like_an_array(tmp_path):
-    from charnn.prepare import TokenFile
+    from charnn.data.prepare import TokenFile
 
     rng = np.random.default_rng(0)
     data = rng.integers(0, 60000, 5000).astype("<u2")

@@ -3,7 +3,7 @@ import torch
 
 import charnn
 from charnn.errors import CharnnError
-from charnn.sample import StopFilter, generate, sample_next
+from charnn.infer.sampling import StopFilter, generate, sample_next
 
 
 def test_temperature_zero_and_top_k_one_are_greedy():

@@ -13,7 +13,7 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.train import Trainer, resolve
+from charnn.train.loop import Trainer, resolve
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -91,7 +91,7 @@ def test_resume_refuses_architecture_changes(corpus_file, tmp_path):
 def test_nan_guard_stops_and_never_saves_non_finite(corpus_file, tmp_path, monkeypatch):
     import importlib
 
-    train_module = importlib.import_module("charnn.train")  # charnn.train is also the function
+    train_module = importlib.import_module("charnn.train.loop")  # charnn.train is also the function
 
     calls = {"n": 0}
     real_loss = train_module.char_loss

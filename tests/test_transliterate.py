@@ -7,10 +7,10 @@ import pytest
 import charnn
 from charnn.checkpoint import read_run
 from charnn.cli import main
-from charnn.corpus import read_corpus, transliterate_text
+from charnn.data.corpus import read_corpus, transliterate_text
 from charnn.errors import CharnnError
-from charnn.presets import preset_settings
-from charnn.train import resolve
+from charnn.train.presets import preset_settings
+from charnn.train.loop import resolve
 from test_cli import assert_user_error
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from charnn.errors import CharnnError
-from charnn.vocab import END, START, UNK, Vocab
+from charnn.data.vocab import END, START, UNK, Vocab
 
 
 def test_round_trip_non_ascii_and_newlines():

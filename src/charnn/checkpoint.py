@@ -36,7 +36,7 @@ from safetensors.torch import save as st_save
 
 from charnn.errors import CharnnError
 from charnn.models import CharLM, ModelConfig, build_model
-from charnn.vocab import Vocab
+from charnn.data.vocab import Vocab
 
 FORMAT_NAME = "charnn-run"
 FORMAT_VERSION = 1

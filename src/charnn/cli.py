@@ -41,10 +41,10 @@ def _flag(group, cls, name: str, help: str, **kw) -> None:
 
 # --- train ------------------------------------------------------------------------------------
 def _add_train(sub) -> None:
-    from charnn.batching import LAYOUTS
-    from charnn.corpus import ERROR_POLICIES, TRANSLITERATIONS
+    from charnn.data.batching import LAYOUTS
+    from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
     from charnn.models import CORES, INPUTS, ModelConfig
-    from charnn.train import DEFAULT_BUDGET_S, DTYPES, TrainConfig
+    from charnn.train.loop import DEFAULT_BUDGET_S, DTYPES, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a model on text",
@@ -118,12 +118,12 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from charnn.api import load
-    from charnn.distributed import session
-    from charnn.train import Trainer, format_summary, resolve
+    from charnn.infer.model import load
+    from charnn.train.distributed import session
+    from charnn.train.loop import Trainer, format_summary, resolve
 
     if args.list_presets:
-        from charnn.presets import format_presets
+        from charnn.train.presets import format_presets
 
         print(format_presets())
         return 0
@@ -155,7 +155,7 @@ def _cmd_train(args) -> int:
 
 # --- sample -----------------------------------------------------------------------------------
 def _add_sample(sub) -> None:
-    from charnn.vocab import UNKNOWN_POLICIES
+    from charnn.data.vocab import UNKNOWN_POLICIES
 
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text from a run's best weights, streamed as it is generated.")
@@ -184,8 +184,8 @@ def _write_stream(pieces) -> None:
 
 
 def _cmd_sample(args) -> int:
-    from charnn.api import load
-    from charnn.sample import sampling_problems
+    from charnn.infer.model import load
+    from charnn.infer.sampling import sampling_problems
 
     problems = sampling_problems(args.temperature, args.top_k, args.top_p)
     if args.length < 0:
@@ -212,9 +212,9 @@ def _cmd_sample(args) -> int:
 
 # --- eval -------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
-    from charnn.corpus import ERROR_POLICIES
+    from charnn.data.corpus import ERROR_POLICIES
     from charnn.evaluate import PROTOCOLS
-    from charnn.vocab import UNKNOWN_POLICIES
+    from charnn.data.vocab import UNKNOWN_POLICIES
 
     p = sub.add_parser("eval", help="loss, bits per character and perplexity of a run",
                        description="Score a run's best weights on its validation split or on a text file.")
@@ -233,8 +233,8 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from charnn.api import load
-    from charnn.corpus import read_corpus
+    from charnn.infer.model import load
+    from charnn.data.corpus import read_corpus
     from charnn.evaluate import evaluate_ids, validation_ids
 
     problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
@@ -264,7 +264,7 @@ def _cmd_eval(args) -> int:
 
 # --- prepare ----------------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
-    from charnn.corpus import ERROR_POLICIES
+    from charnn.data.corpus import ERROR_POLICIES
 
     p = sub.add_parser(
         "prepare", help="encode a large corpus once into a token file that training reads as it goes",
@@ -285,7 +285,7 @@ def _add_prepare(sub) -> None:
 
 
 def _cmd_prepare(args) -> int:
-    from charnn.prepare import prepare
+    from charnn.data.prepare import prepare
 
     summary = prepare(args.corpus, args.out, args.encoding, args.errors, progress=not args.quiet)
     print(summary.format())
@@ -309,7 +309,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from charnn.export import export_run
+    from charnn.infer.export import export_run
 
     if args.check_chars < 0:
         raise CharnnError(f"--check-chars must be >= 0, got {args.check_chars}")
@@ -324,7 +324,7 @@ def _cmd_export(args) -> int:
 
 # --- serve ------------------------------------------------------------------------------------
 def _add_serve(sub) -> None:
-    from charnn.serve_config import ServeConfig
+    from charnn.serve.config import ServeConfig
 
     p = sub.add_parser(
         "serve", help="serve runs over an OpenAI-compatible HTTP API, with a playground page",
@@ -358,10 +358,10 @@ def _add_serve(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
-    from charnn.serve_config import ServeConfig
+    from charnn.serve.config import ServeConfig
 
     try:
-        from charnn.server import serve
+        from charnn.serve.app import serve
     except ImportError as e:
         raise CharnnError(f"charnn serve needs the [serve] extra ({e.name} is missing): "
                           f"pip install 'charnn[serve]'") from None
@@ -372,7 +372,7 @@ def _cmd_serve(args) -> int:
 
 # --- memorize ---------------------------------------------------------------------------------
 def _add_memorize(sub) -> None:
-    from charnn.memorize import FEEDBACKS, LOSSES, MemorizeConfig
+    from charnn.lab.memorize import FEEDBACKS, LOSSES, MemorizeConfig
     from charnn.models import CORES, INPUTS
 
     p = sub.add_parser(
@@ -408,7 +408,7 @@ def _add_memorize(sub) -> None:
 
 
 def _cmd_memorize(args) -> int:
-    from charnn.memorize import PRESETS, describe, format_result, make_vocab, memorize, resolve
+    from charnn.lab.memorize import PRESETS, describe, format_result, make_vocab, memorize, resolve
 
     if args.list_presets:
         for name, (description, settings) in PRESETS.items():
@@ -448,7 +448,7 @@ def _list_of(cast, what: str):
 
 
 def _add_capacity(sub) -> None:
-    from charnn.capacity import KINDS, CapacityConfig
+    from charnn.lab.capacity import KINDS, CapacityConfig
     from charnn.models import CORES, INPUTS
 
     p = sub.add_parser(
@@ -478,7 +478,7 @@ def _add_capacity(sub) -> None:
 
 
 def _cmd_capacity(args) -> int:
-    from charnn.capacity import CapacityConfig, sweep
+    from charnn.lab.capacity import CapacityConfig, sweep
 
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
     config = CapacityConfig(**settings)
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charnn.distributed import ReportedByRankZero
+    from charnn.train.distributed import ReportedByRankZero
 
     try:
         args = build_parser().parse_args(argv)

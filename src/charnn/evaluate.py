@@ -138,8 +138,8 @@ def evaluate_ids(
 
 def validation_ids(files):
     """The ids of a run's validation split: its text re-read, or its prepared token file."""
-    from charnn.corpus import split_point
-    from charnn.prepare import find_prepared
+    from charnn.data.corpus import split_point
+    from charnn.data.prepare import find_prepared
 
     prepared = find_prepared(files.train.get("corpus", []))
     if prepared is None:
@@ -161,8 +161,8 @@ def validation_ids(files):
 
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
-    from charnn.corpus import read_corpus, split_text, text_digest
-    from charnn.prepare import find_prepared
+    from charnn.data.corpus import read_corpus, split_text, text_digest
+    from charnn.data.prepare import find_prepared
 
     train = files.train
     if find_prepared(train.get("corpus", [])) is not None:

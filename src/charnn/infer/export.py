@@ -17,7 +17,7 @@ import torch
 from charnn import checkpoint
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_steps, validation_ids
-from charnn.inference import Stepper, _need_onnx, _session, export_step_onnx
+from charnn.infer.steps import Stepper, _need_onnx, _session, export_step_onnx
 
 FORMATS = ("onnx",)
 

@@ -15,9 +15,9 @@ import torch
 from charnn import checkpoint
 from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_ids
-from charnn.inference import make_stepper
-from charnn.sample import StopFilter, generate, sampling_problems
-from charnn.vocab import UNK, UnknownPolicy
+from charnn.infer.steps import make_stepper
+from charnn.infer.sampling import StopFilter, generate, sampling_problems
+from charnn.data.vocab import UNK, UnknownPolicy
 
 
 class CharModel:

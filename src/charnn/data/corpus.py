@@ -31,7 +31,7 @@ class Corpus:
 
 def bundled_text(name: str = DEFAULT_CORPUS) -> str:
     """The text of a corpus shipped with charnn."""
-    data = resources.files("charnn").joinpath("corpora", BUNDLED[name]).read_bytes()
+    data = resources.files("charnn.data").joinpath("corpora", BUNDLED[name]).read_bytes()
     return data.decode("utf-8")
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
-from charnn.batching import LAYOUTS, make_batches
-from charnn.corpus import (
+from charnn.data.batching import LAYOUTS, make_batches
+from charnn.data.corpus import (
     TRANSLITERATIONS,
     Corpus,
     base_chars,
@@ -35,14 +35,14 @@ from charnn.corpus import (
     split_point,
     text_digest,
 )
-from charnn.distributed import Dist, session
+from charnn.train.distributed import Dist, session
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss, detach_state, map_state, state_tensors
-from charnn.prepare import find_prepared
+from charnn.data.prepare import find_prepared
 from charnn.progress import Progress, format_duration
-from charnn.vocab import Vocab
+from charnn.data.vocab import Vocab
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -572,7 +572,7 @@ class Trainer:
             ) from None
         if not self.dist.is_main:
             return self._summary(reason)
-        from charnn.plot import plot_run
+        from charnn.train.plot import plot_run
 
         if plot_run(self.run_dir) is None:
             self.progress.message("loss curve not drawn: matplotlib is missing (pip install 'charnn[plot]')")
@@ -649,7 +649,7 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
         _check_dtype(cfg)
         return files.model_config, cfg
     if train_kw.get("preset"):
-        from charnn.presets import preset_settings
+        from charnn.train.presets import preset_settings
 
         preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
         model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}

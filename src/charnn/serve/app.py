@@ -47,11 +47,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from charnn.api import CharModel
-from charnn.api import load as load_model
-from charnn.engine import Engine, Job, QueueFull, Sampling
+from charnn.infer.model import CharModel
+from charnn.infer.model import load as load_model
+from charnn.serve.engine import Engine, Job, QueueFull, Sampling
 from charnn.errors import CharnnError, check_all
-from charnn.serve_config import ServeConfig
+from charnn.serve.config import ServeConfig
 
 log = logging.getLogger("charnn.server")
 
@@ -300,7 +300,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
         mid: _Served(mid, m, Engine(m, config.max_batch, config.max_queue), _card(mid, m))
         for mid, m in models.items()
     }
-    page = (resources.files("charnn") / "static" / "index.html").read_text(encoding="utf-8")
+    page = (resources.files("charnn.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app):

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from charnn.models.lm import cat_states, select_state
-from charnn.sample import StopFilter, sample_rows
+from charnn.infer.sampling import StopFilter, sample_rows
 
 log = logging.getLogger("charnn.engine")
 

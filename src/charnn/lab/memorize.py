@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from charnn.errors import CharnnError
 from charnn.models import CORES, INPUTS, ModelConfig, build_model
 from charnn.models.lm import CharLM, char_loss
-from charnn.vocab import END, START, Vocab
+from charnn.data.vocab import END, START, Vocab
 
 LOSSES = ("ce", "mse")
 FEEDBACKS = ("onehot", "raw")

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from charnn.errors import CharnnError
-from charnn.memorize import MemorizeConfig, memorize
+from charnn.lab.memorize import MemorizeConfig, memorize
 from charnn.models import CORES, INPUTS
 
 KINDS = ("random", "text")
@@ -106,7 +106,7 @@ def corpus_slice(corpus: str, length: int, seed: int) -> str:
 
 
 def _corpus_text(config: CapacityConfig) -> tuple[str, str]:
-    from charnn.corpus import read_corpus
+    from charnn.data.corpus import read_corpus
 
     corpus = read_corpus([config.corpus] if config.corpus else [])
     return corpus.text, config.corpus or "tinyshakespeare"

@@ -41,7 +41,7 @@ from typing import BinaryIO
 import numpy as np
 
 from charnn.checkpoint import atomic_write, vocab_digest, write_json
-from charnn.corpus import (
+from charnn.data.corpus import (
     BUNDLED,
     check_decoding,
     empty_corpus,
@@ -51,7 +51,7 @@ from charnn.corpus import (
 )
 from charnn.errors import CharnnError
 from charnn.progress import Progress
-from charnn.vocab import UNK, Vocab, code_points
+from charnn.data.vocab import UNK, Vocab, code_points
 
 FORMAT_NAME = "charnn-tokens"
 FORMAT_VERSION = 1
@@ -79,7 +79,7 @@ def token_dtype(vocab_size: int) -> str:
 # --- reading text in chunks -------------------------------------------------------------------
 def _open(source: str | Path) -> BinaryIO:
     if isinstance(source, str):  # a bundled corpus, by name
-        return resources.files("charnn").joinpath("corpora", BUNDLED[source]).open("rb")
+        return resources.files("charnn.data").joinpath("corpora", BUNDLED[source]).open("rb")
     try:
         return open(source, "rb")
     except OSError as e:
