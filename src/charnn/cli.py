@@ -15,6 +15,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from charnn.errors import CharnnError
+from charnn.settings import add_flags
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -335,24 +336,8 @@ def _add_serve(sub) -> None:
         ),
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories made by charnn train (or ID=RUN_DIR)")
-    _flag(p, ServeConfig, "host", "address to listen on; anything but loopback is reachable from other machines")
-    _flag(p, ServeConfig, "port", "TCP port, 0 = any free port", type=int)
-    p.add_argument("--api-key", default=os.environ.get("CHARNN_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on every /v1 route (default: $CHARNN_API_KEY, else none)")
-    _flag(p, ServeConfig, "max_tokens", "most characters one choice may ask for", type=int)
-    _flag(p, ServeConfig, "max_prompt", "most characters in one prompt", type=int)
-    _flag(p, ServeConfig, "max_n", "most choices in one request (n x prompts)", type=int)
-    _flag(p, ServeConfig, "max_batch", "most streams generated together, per model", type=int)
-    _flag(p, ServeConfig, "max_queue", "most streams waiting for a place, per model; beyond it: 429 with Retry-After", type=int)
-    _flag(p, ServeConfig, "max_body", "most bytes in a request body; beyond it: 413", type=int)
-    _flag(p, ServeConfig, "timeout", "seconds a request may take, queueing included", type=float)
-    _flag(p, ServeConfig, "device", "torch device: cpu, cuda, cuda:N, mps")
-    _flag(p, ServeConfig, "backend", "sampling engine: auto = ONNX Runtime when the run has an export, else torch",
-          choices=["auto", "torch", "onnx"])
-    _flag(p, ServeConfig, "quantize", "int8 = dynamically quantised weights: faster, slightly lower quality",
-          choices=["none", "int8"])
-    _flag(p, ServeConfig, "threads", "CPU threads for the model steps, 0 = torch's default "
-          "(1 leaves a core to the HTTP side)", type=int)
+    add_flags(p, ServeConfig)
+    p.set_defaults(api_key=os.environ.get("CHARNN_API_KEY"))
     p.add_argument("--quiet", action="store_true", help="no access log")
     p.set_defaults(func=_cmd_serve)
 

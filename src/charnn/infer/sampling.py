@@ -8,21 +8,31 @@ character at a time carrying the state: each step is O(1) in the length of the c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from charnn.errors import CharnnError
+from charnn.settings import field_problems, setting
+
+
+@dataclass
+class SampleConfig:
+    """How text is drawn: the settings of `charnn sample`, `CharModel.generate` and a request."""
+
+    length: int = setting(500, "characters to generate per sample", ge=0)
+    temperature: float = setting(1.0, "softmax temperature", note="0 = greedy", ge=0)
+    top_k: int = setting(0, "sample only from the K most likely characters", note="0 = off", ge=0)
+    top_p: float = setting(1.0, "sample from the smallest set of characters with probability >= P",
+                           note="1 = off", gt=0, le=1)
+
+    def problems(self) -> list[str]:
+        return field_problems(self)
 
 
 def sampling_problems(temperature: float, top_k: int, top_p: float) -> list[str]:
-    p = []
-    if not temperature >= 0:
-        p.append(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0:
-        p.append(f"--top-k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        p.append(f"--top-p must be in (0, 1] (1 = off), got {top_p}")
-    return p
+    return field_problems(SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+                          ["temperature", "top_k", "top_p"])
 
 
 def sample_next(
