@@ -32,9 +32,9 @@ import time
 
 import torch
 
+from charnn.infer.sampling import generate
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss
-from charnn.infer.sampling import generate
 
 VOCAB = 65  # tiny Shakespeare's
 

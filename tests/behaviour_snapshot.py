@@ -207,7 +207,7 @@ def snapshot(src: Path, work: Path) -> dict:
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("server did not start: " + (server.stderr.read() if server.poll() is not None else ""))
+                    raise RuntimeError("server did not start: " + (server.stderr.read() if server.poll() is not None else "")) from None
                 time.sleep(0.2)
 
         def post(body: dict) -> str:

@@ -7,6 +7,7 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
+from charnn.files import atomic_write
 
 
 def copy_run(src, dst):
@@ -19,22 +20,22 @@ def copy_run(src, dst):
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
     p = tmp_path / "f.bin"
-    checkpoint.atomic_write(p, b"old")
-    checkpoint.atomic_write(p, b"new")
+    atomic_write(p, b"old")
+    atomic_write(p, b"new")
     assert p.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["f.bin"]
 
 
 def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     p = tmp_path / "f.bin"
-    checkpoint.atomic_write(p, b"old")
+    atomic_write(p, b"old")
 
     def boom(*a):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
-        checkpoint.atomic_write(p, b"new")
+        atomic_write(p, b"new")
     assert p.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
 

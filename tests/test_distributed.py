@@ -17,8 +17,8 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.cli import main
-from charnn.train.distributed import Dist, ReportedByRankZero, from_env
 from charnn.errors import CharnnError
+from charnn.train.distributed import Dist, ReportedByRankZero, from_env
 from charnn.train.loop import Trainer, resolve
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 from test_train import assert_identical

@@ -6,8 +6,15 @@ import math
 import pytest
 import torch
 
-from charnn.lab.capacity import CapacityConfig, capacity_of, corpus_slice, random_text, read_rows, sweep
 from charnn.errors import CharnnError
+from charnn.lab.capacity import (
+    CapacityConfig,
+    capacity_of,
+    corpus_slice,
+    random_text,
+    read_rows,
+    sweep,
+)
 from charnn.lab.memorize import (
     MemorizeConfig,
     char_accuracy,

@@ -10,9 +10,9 @@ import charnn
 from charnn import checkpoint
 from charnn.cli import main
 from charnn.data.corpus import read_corpus, text_digest
-from charnn.errors import CharnnError
 from charnn.data.prepare import find_prepared, open_prepared, prepare, token_dtype
 from charnn.data.vocab import Vocab
+from charnn.errors import CharnnError
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 from test_train import assert_identical
 

@@ -23,8 +23,8 @@ import pytest
 import charnn
 from charnn.cli import main
 from charnn.errors import CharnnError
-from charnn.serve.config import ServeConfig
 from charnn.serve.app import background_server, exposure_warning, model_ids
+from charnn.serve.config import ServeConfig
 from conftest import slowed
 
 KEY = "test-key-123"

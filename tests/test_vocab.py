@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from charnn.errors import CharnnError
 from charnn.data.vocab import END, START, UNK, Vocab
+from charnn.errors import CharnnError
 
 
 def test_round_trip_non_ascii_and_newlines():

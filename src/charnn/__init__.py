@@ -9,11 +9,11 @@
 
 __version__ = "0.1.0"
 
-from charnn.infer.model import CharModel, load  # noqa: E402
+from charnn.data.vocab import Vocab  # noqa: E402
 from charnn.errors import CharnnError  # noqa: E402
+from charnn.infer.model import CharModel, load  # noqa: E402
 from charnn.models import ModelConfig, build_model  # noqa: E402
 from charnn.train.loop import Summary, TrainConfig, train  # noqa: E402
-from charnn.data.vocab import Vocab  # noqa: E402
 
 __all__ = [
     "CharModel",

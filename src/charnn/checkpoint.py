@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +32,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from charnn.data.vocab import Vocab, vocab_digest
 from charnn.errors import CharnnError
+from charnn.files import (
+    append_jsonl,
+    atomic_write,
+    check_version,
+    read_json,
+    read_jsonl,
+    write_json,
+)
 from charnn.models import CharLM, ModelConfig, build_model
-from charnn.data.vocab import Vocab
 
 FORMAT_NAME = "charnn-run"
 FORMAT_VERSION = 1
@@ -48,55 +54,6 @@ METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-# --- atomic files -----------------------------------------------------------------------------
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable. Not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_temporaries(directory: str | Path) -> None:
-    """Delete the temporary siblings that a kill in the middle of atomic_write leaves behind."""
-    for p in Path(directory).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-
-
-def write_json(path: str | Path, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
 # --- tensors with checksums -------------------------------------------------------------------
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
@@ -105,10 +62,6 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def vocab_digest(vocab: Vocab) -> str:
-    return hashlib.sha256(vocab.to_json().encode()).hexdigest()
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -203,17 +156,8 @@ def read_run(run_dir: str | Path) -> RunFiles:
     cfg_path = run_dir / CONFIG
     if not cfg_path.is_file():
         raise CharnnError(f"{run_dir} is not a charnn run directory ({CONFIG} is missing)")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CharnnError(f"{cfg_path} cannot be read as JSON ({e}); restore it, or retrain") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
-        raise CharnnError(f"{cfg_path} is not a charnn run configuration")
-    if cfg.get("version") != FORMAT_VERSION:
-        raise CharnnError(
-            f"{cfg_path} has run format version {cfg.get('version')!r}; this charnn reads "
-            f"version {FORMAT_VERSION}: upgrade charnn"
-        )
+    cfg = check_version(read_json(cfg_path, "restore it, or retrain"), cfg_path, FORMAT_NAME, FORMAT_VERSION,
+                        not_ours="is not a charnn run configuration", kind="run")
     try:
         model_config = ModelConfig.from_dict(dict(cfg["model"]), str(cfg_path))
         train = dict(cfg["train"])
@@ -274,10 +218,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
 def onnx_path(run_dir: str | Path, quantize: str = "none") -> Path:
     """Where `charnn export` puts the one-step ONNX model (and sampling caches it)."""
     return Path(run_dir) / ("step.onnx" if quantize == "none" else f"step-{quantize}.onnx")
-
-
-def has_weights(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / BEST).is_file()
 
 
 # --- the resume point -------------------------------------------------------------------------
@@ -349,23 +289,12 @@ def restore_model(model: CharLM, checkpoint: Checkpoint, run_dir: str | Path) ->
 
 # --- metrics ----------------------------------------------------------------------------------
 def append_metrics(run_dir: str | Path, record: dict) -> None:
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    append_jsonl(Path(run_dir) / METRICS, record)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The metrics records; a torn last line (a kill mid-append) is skipped."""
-    path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:

@@ -214,8 +214,8 @@ def _cmd_sample(args) -> int:
 # --- eval -------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
     from charnn.data.corpus import ERROR_POLICIES
-    from charnn.evaluate import PROTOCOLS
     from charnn.data.vocab import UNKNOWN_POLICIES
+    from charnn.evaluate import PROTOCOLS
 
     p = sub.add_parser("eval", help="loss, bits per character and perplexity of a run",
                        description="Score a run's best weights on its validation split or on a text file.")
@@ -234,9 +234,9 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from charnn.infer.model import load
     from charnn.data.corpus import read_corpus
     from charnn.evaluate import evaluate_ids, validation_ids
+    from charnn.infer.model import load
 
     problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
                 for name in ("streams", "window") if getattr(args, name) < 1]

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import json
 import os
-import tempfile
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +38,6 @@ from typing import BinaryIO
 
 import numpy as np
 
-from charnn.checkpoint import atomic_write, vocab_digest, write_json
 from charnn.data.corpus import (
     BUNDLED,
     check_decoding,
@@ -49,9 +46,10 @@ from charnn.data.corpus import (
     source_names,
     undecodable,
 )
+from charnn.data.vocab import UNK, Vocab, code_points, vocab_digest
 from charnn.errors import CharnnError
+from charnn.files import atomic_stream, atomic_write, check_version, read_json, write_json
 from charnn.progress import Progress
-from charnn.data.vocab import UNK, Vocab, code_points
 
 FORMAT_NAME = "charnn-tokens"
 FORMAT_VERSION = 1
@@ -204,28 +202,20 @@ def prepare(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CharnnError(f"cannot create --out {out}: {e.strerror}") from None
-        fd, tmp = tempfile.mkstemp(prefix=f".{TOKENS}.", suffix=".tmp", dir=out)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for text, done in _corpus_chunks(sources, encoding, errors, chunk_bytes):
-                    ids = table[code_points(text)]
-                    again.update(text.encode("utf-8", "surrogatepass"))
-                    written += len(ids)
-                    if written > count or (ids < 0).any():
-                        break  # a file grew or changed since pass 1
-                    f.write(ids.astype(f"<u{itemsize}").tobytes())
-                    bar.update(0.5 + done / total / 2, "prepare", f"pass 2/2 (ids) {done:,} bytes")
-                f.flush()
-                os.fsync(f.fileno())
+        with atomic_stream(path) as f:
+            for text, done in _corpus_chunks(sources, encoding, errors, chunk_bytes):
+                ids = table[code_points(text)]
+                again.update(text.encode("utf-8", "surrogatepass"))
+                written += len(ids)
+                if written > count or (ids < 0).any():
+                    break  # a file grew or changed since pass 1
+                f.write(ids.astype(f"<u{itemsize}").tobytes())
+                bar.update(0.5 + done / total / 2, "prepare", f"pass 2/2 (ids) {done:,} bytes")
             if written != count or again.digest() != digest.digest():
-                raise CharnnError(
+                raise CharnnError(  # nothing replaced: the temporary file is removed
                     f"the corpus ({', '.join(names)}) changed while it was being prepared; "
                     f"run charnn prepare again when nothing writes to it"
                 )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         atomic_write(out / VOCAB, vocab.to_json().encode())
         write_json(
             out / META,
@@ -357,17 +347,9 @@ def open_prepared(path: str | Path) -> Prepared:
     """Open a directory written by prepare(), checking that its files belong together."""
     path = Path(path)
     meta_path = path / META
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CharnnError(f"{meta_path} cannot be read as JSON ({e}); run charnn prepare again") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CharnnError(f"{meta_path} was not written by charnn prepare")
-    if meta.get("version") != FORMAT_VERSION:
-        raise CharnnError(
-            f"{meta_path} has prepared-corpus format version {meta.get('version')!r}; this "
-            f"charnn reads version {FORMAT_VERSION}: upgrade charnn, or run charnn prepare again"
-        )
+    meta = read_json(meta_path, "run charnn prepare again")
+    check_version(meta, meta_path, FORMAT_NAME, FORMAT_VERSION, not_ours="was not written by charnn prepare",
+                  kind="prepared-corpus", fix="upgrade charnn, or run charnn prepare again")
     dtype, count = meta.get("dtype"), meta.get("tokens")
     if dtype not in DTYPES or not isinstance(count, int) or count < 1 or "sha256" not in meta:
         raise CharnnError(f"{meta_path} is incomplete or malformed; run charnn prepare again")

@@ -11,6 +11,7 @@ it is an error that lists the characters; `unknown="skip"` drops them and
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from charnn.errors import CharnnError
+from charnn.files import check_version
 
 UNK = "<unk>"
 START = "<start>"
@@ -160,13 +162,8 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "vocab.json") -> Vocab:
-        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
-            raise CharnnError(f"{source} is not a charnn vocabulary file")
-        if d.get("version") != FORMAT_VERSION:
-            raise CharnnError(
-                f"{source} has vocabulary format version {d.get('version')!r}; "
-                f"this charnn reads version {FORMAT_VERSION}: upgrade charnn"
-            )
+        check_version(d, source, FORMAT_NAME, FORMAT_VERSION, not_ours="is not a charnn vocabulary file",
+                      kind="vocabulary")
         try:
             return cls(tuple(d["chars"]), tuple(d["specials"]))
         except (KeyError, TypeError) as e:
@@ -188,3 +185,8 @@ class Vocab:
         except OSError as e:
             raise CharnnError(f"cannot read {path}: {e.strerror}") from e
         return cls.from_json(text, str(path))
+
+
+def vocab_digest(vocab: Vocab) -> str:
+    """SHA-256 of the vocabulary's JSON: what a weights file or token file was made with."""
+    return hashlib.sha256(vocab.to_json().encode()).hexdigest()

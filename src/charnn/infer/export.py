@@ -17,6 +17,7 @@ import torch
 from charnn import checkpoint
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_steps, validation_ids
+from charnn.files import atomic_write
 from charnn.infer.steps import Stepper, _need_onnx, _session, export_step_onnx
 
 FORMATS = ("onnx",)
@@ -49,7 +50,7 @@ def export_run(
     data = export_step_onnx(lm, quantize, digest)
     path = Path(out) if out is not None else checkpoint.onnx_path(run_dir, quantize)
     try:
-        checkpoint.atomic_write(path, data)
+        atomic_write(path, data)
     except OSError as e:
         raise CharnnError(f"cannot write {path}: {e.strerror}; choose another --out") from None
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
+from charnn.data.vocab import UNK, UnknownPolicy
 from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_ids
-from charnn.infer.steps import make_stepper
 from charnn.infer.sampling import StopFilter, generate, sampling_problems
-from charnn.data.vocab import UNK, UnknownPolicy
+from charnn.infer.steps import make_stepper
 
 
 class CharModel:

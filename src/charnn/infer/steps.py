@@ -295,7 +295,7 @@ def _ort_session(lm: CharLM, quantize: str, cache: Path | None = None, digest: s
             return _session(data)
     data = export_step_onnx(lm, quantize, digest)
     if cache is not None and digest:
-        from charnn.checkpoint import atomic_write
+        from charnn.files import atomic_write
 
         try:
             atomic_write(cache, data)

@@ -23,9 +23,7 @@ recall accuracy against length, one curve per cell (`capacity.png`, with the [pl
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import sys
 import time
@@ -34,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from charnn.errors import CharnnError
+from charnn.files import append_jsonl, read_jsonl
 from charnn.lab.memorize import MemorizeConfig, memorize
 from charnn.models import CORES, INPUTS
 
@@ -121,32 +120,11 @@ def _key(row: dict) -> tuple:
 
 def read_rows(path: Path) -> list[dict]:
     """The rows of a results file; a line torn by a killed sweep is ignored (it reruns)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return read_jsonl(path)
 
 
 def _append_row(path: Path, row: dict) -> None:
-    with open(path, "ab") as f:
-        if f.tell() and not _ends_with_newline(path):
-            f.write(b"\n")  # after a torn line, start a fresh one
-        f.write((json.dumps(row, ensure_ascii=True) + "\n").encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+    append_jsonl(path, row, durable=True)
 
 
 def planned_runs(config: CapacityConfig, source: str) -> list[dict]:
@@ -243,7 +221,7 @@ def sweep(config: CapacityConfig, log: Callable[[str], None] | None = None) -> S
     rows = [by_key[_key(s)] for s in grid if _key(s) in by_key]
     table = format_table(rows, config)
     markdown = out / "capacity.md"
-    from charnn.checkpoint import atomic_write
+    from charnn.files import atomic_write
 
     atomic_write(markdown, (table + "\n").encode())
     plot = plot_capacity(rows, out / "capacity.png")
@@ -316,7 +294,7 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
 
     import matplotlib.pyplot as plt
 
-    from charnn.checkpoint import atomic_write
+    from charnn.files import atomic_write
 
     if not rows:
         return None

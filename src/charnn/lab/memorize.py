@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from charnn.data.vocab import END, START, Vocab
 from charnn.errors import CharnnError
 from charnn.models import CORES, INPUTS, ModelConfig, build_model
 from charnn.models.lm import CharLM, char_loss
-from charnn.data.vocab import END, START, Vocab
 
 LOSSES = ("ce", "mse")
 FEEDBACKS = ("onehot", "raw")

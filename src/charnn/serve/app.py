@@ -47,11 +47,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from charnn.errors import CharnnError, check_all
 from charnn.infer.model import CharModel
 from charnn.infer.model import load as load_model
-from charnn.serve.engine import Engine, Job, QueueFull, Sampling
-from charnn.errors import CharnnError, check_all
 from charnn.serve.config import ServeConfig
+from charnn.serve.engine import Engine, Job, QueueFull, Sampling
 
 log = logging.getLogger("charnn.server")
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.models.lm import cat_states, select_state
 from charnn.infer.sampling import StopFilter, sample_rows
+from charnn.models.lm import cat_states, select_state
 
 log = logging.getLogger("charnn.engine")
 

@@ -35,14 +35,15 @@ from charnn.data.corpus import (
     split_point,
     text_digest,
 )
-from charnn.train.distributed import Dist, session
+from charnn.data.prepare import find_prepared
+from charnn.data.vocab import Vocab
 from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
+from charnn.files import remove_temporaries
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss, detach_state, map_state, state_tensors
-from charnn.data.prepare import find_prepared
 from charnn.progress import Progress, format_duration
-from charnn.data.vocab import Vocab
+from charnn.train.distributed import Dist, session
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -317,7 +318,7 @@ class Trainer:
 
     def _restore(self) -> None:
         if self.dist.is_main:
-            checkpoint.remove_temporaries(self.run_dir)
+            remove_temporaries(self.run_dir)
         if not checkpoint.has_checkpoint(self.run_dir):
             return  # killed before its first checkpoint: start from step 0
         ck = checkpoint.load_checkpoint(self.run_dir)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from charnn import checkpoint
+from charnn.files import atomic_write
 
 
 def matplotlib_available() -> bool:
@@ -51,5 +52,5 @@ def plot_run(run_dir: str | Path) -> Path | None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     path = checkpoint.plot_path(run_dir)
-    checkpoint.atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return path
