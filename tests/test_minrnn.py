@@ -9,7 +9,7 @@ import torch
 
 import charnn
 from charnn.errors import CharnnError
-from charnn.models import ModelConfig, build_model, minrnn
+from charnn.models import ModelConfig, build_model, minrnn, minscan
 from charnn.models.lm import state_tensors
 from charnn.models.minrnn import KINDS, MinRNN, g, scan_log, scan_loop
 from conftest import TINY_TRAIN
@@ -72,7 +72,7 @@ def test_scan_chunking_does_not_change_the_result(kind, monkeypatch):
                                rtol=1e-12, atol=1e-12)
     results = []
     for elements in (6, 6 * 7, 10**6):  # 1 step, 7 steps (70 = 10 chunks), all 70 steps per chunk
-        monkeypatch.setattr(minrnn, "CHUNK_ELEMENTS", elements)
+        monkeypatch.setattr(minscan, "CHUNK_ELEMENTS", elements)
         h = scan_loop(kind, pre, h0)
         results.append((h, *torch.autograd.grad((h * w).sum(), pre)))
     for other in results[1:]:
@@ -82,7 +82,7 @@ def test_scan_chunking_does_not_change_the_result(kind, monkeypatch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_loop_scan_gradients_are_exact(kind, monkeypatch):
-    monkeypatch.setattr(minrnn, "CHUNK_ELEMENTS", 6 * 4)  # several chunks: the carry between them
+    monkeypatch.setattr(minscan, "CHUNK_ELEMENTS", 6 * 4)  # several chunks: the carry between them
     torch.manual_seed(2)
     pre = random_pre(kind, 2, 9, 3, 2.0).requires_grad_()
     h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
