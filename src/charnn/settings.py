@@ -79,7 +79,12 @@ def defaults(cls) -> dict[str, Any]:
 
 
 def _type_of(f: Field) -> str:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    """The field's annotation as written ("int", "list[int]", "str|None"), whether the module
+    uses `from __future__ import annotations` (a string) or not (a type: `list[int]` must not
+    become its origin's name, "list")."""
+    t = f.type
+    if not isinstance(t, str):
+        t = t.__name__ if isinstance(t, type) else str(t)
     return t.replace(" ", "")
 
 
