@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from charnn.errors import CharnnError
+from charnn.files import read_jsonl
 from charnn.lab.capacity import (
     CapacityConfig,
     capacity_of,
     corpus_slice,
     random_text,
-    read_rows,
     sweep,
 )
 from charnn.lab.memorize import (
@@ -177,7 +177,7 @@ def test_tiny_sweep_rows_resume_and_plot(tmp_path):
     config = CapacityConfig(cells=["rnn", "lstm"], hidden=[6], lengths=[4, 8], seeds=2, epochs=25, out=str(out))
     lines = []
     result = sweep(config, log=lines.append)
-    rows = read_rows(out / "capacity.jsonl")
+    rows = read_jsonl(out / "capacity.jsonl")
     assert result.ran == len(rows) == len(lines) == 2 * 2 * 2 * 2  # kinds x cells x lengths x seeds
     assert result.skipped == 0
     assert {(r["kind"], r["cell"], r["length"], r["seed"]) for r in rows} == {
@@ -198,7 +198,7 @@ def test_tiny_sweep_rows_resume_and_plot(tmp_path):
     assert again.ran == 0 and again.skipped == 16 and again.table == result.table
     wider = sweep(CapacityConfig(**{**config.__dict__, "lengths": [4, 8, 12], "kinds": ["random"]}), log=lines.append)
     assert wider.ran == 2 * 2 and wider.skipped == 2 * 2 * 2  # only length 12 is new
-    assert len(read_rows(out / "capacity.jsonl")) == 20
+    assert len(read_jsonl(out / "capacity.jsonl")) == 20
 
 
 def test_capacity_bits_per_parameter(tmp_path):

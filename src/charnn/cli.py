@@ -357,8 +357,7 @@ def _cmd_serve(args) -> int:
 
 # --- memorize ---------------------------------------------------------------------------------
 def _add_memorize(sub) -> None:
-    from charnn.lab.memorize import FEEDBACKS, LOSSES, MemorizeConfig
-    from charnn.models import CORES, INPUTS
+    from charnn.lab.memorize import MemorizeConfig
 
     p = sub.add_parser(
         "memorize", help="train a model to recite one text and measure its recall",
@@ -373,37 +372,25 @@ def _add_memorize(sub) -> None:
     p.add_argument("--preset", dest="preset", default=argparse.SUPPRESS, metavar="NAME",
                    help="the seed notebook's experiments; flags given still win (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    _flag(p, MemorizeConfig, "alphabet", "the characters of the vocabulary, \"\" = those of TEXT")
-    _flag(p, MemorizeConfig, "cell", "recurrent core", choices=list(CORES))
-    _flag(p, MemorizeConfig, "layers", "stacked recurrent layers", type=int)
-    _flag(p, MemorizeConfig, "hidden", "hidden units per layer", type=int)
-    _flag(p, MemorizeConfig, "input", "input encoding", choices=list(INPUTS))
-    _flag(p, MemorizeConfig, "embed", "embedding size (with --input embedding)", type=int)
-    _flag(p, MemorizeConfig, "loss", "ce = cross-entropy; mse = squared error to the one-hot target", choices=list(LOSSES))
-    _flag(p, MemorizeConfig, "lr", "Adam learning rate", type=float)
-    _flag(p, MemorizeConfig, "epochs", "updates, each on the whole text", type=int)
-    _flag(p, MemorizeConfig, "batch_size", "sliding windows per batch", type=int)
-    _flag(p, MemorizeConfig, "feedback", "what recall feeds back: the prediction as one-hot, or the raw output vector",
-          choices=list(FEEDBACKS))
-    _flag(p, MemorizeConfig, "seed", "random seed of the weights", type=int)
-    _flag(p, MemorizeConfig, "stop_when_exact", "stop training at the first exact recall", action="store_true")
-    _flag(p, MemorizeConfig, "threads", "CPU threads for torch, 0 = torch's default", type=int)
+    # Field order but --input before --embed, as the help has always read (the fields keep their
+    # order: it is the key order of the --json output's config).
+    add_flags(p, MemorizeConfig, ["alphabet", "cell", "layers", "hidden", "input", "embed", "loss", "lr",
+                                  "epochs", "batch_size", "feedback", "seed", "stop_when_exact", "threads"])
     p.add_argument("--json", action="store_true", help="print one JSON object (no progress)")
     p.set_defaults(func=_cmd_memorize)
 
 
 def _cmd_memorize(args) -> int:
-    from charnn.lab.memorize import PRESETS, describe, format_result, make_vocab, memorize, resolve
+    from charnn.lab.memorize import describe, format_presets, format_result, memorize, resolve
 
     if args.list_presets:
-        for name, (description, settings) in PRESETS.items():
-            print(f"{name}: {description}\n  " + " ".join(f"--{k.replace('_', '-')} {v!r}" for k, v in settings.items()))
+        print(format_presets())
         return 0
     settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "list_presets")}
     config = resolve(settings)
     on_epoch = None
     if not args.json:
-        print(describe(config, len(make_vocab(config.text, config.alphabet))), flush=True)
+        print(describe(config), flush=True)
         every = max(1, config.epochs // 10)
 
         def on_epoch(epoch: int, loss: float) -> None:
@@ -419,22 +406,8 @@ def _cmd_memorize(args) -> int:
 
 
 # --- capacity ---------------------------------------------------------------------------------
-def _list_of(cast, what: str):
-    def parse(value: str):
-        try:
-            items = [cast(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError:
-            items = []
-        if not items:
-            raise argparse.ArgumentTypeError(f"must be a comma-separated list of {what}, got {value!r}")
-        return items
-
-    return parse
-
-
 def _add_capacity(sub) -> None:
-    from charnn.lab.capacity import KINDS, CapacityConfig
-    from charnn.models import CORES, INPUTS
+    from charnn.lab.capacity import CapacityConfig
 
     p = sub.add_parser(
         "capacity", help="sweep cells x sizes x text lengths: how long a text can each cell recite?",
@@ -444,20 +417,7 @@ def _add_capacity(sub) -> None:
             "runs already there), and write OUT/capacity.md (table) and OUT/capacity.png (plot)."
         ),
     )
-    _flag(p, CapacityConfig, "cells", f"comma-separated cores ({', '.join(CORES)})", type=_list_of(str, "core names"))
-    _flag(p, CapacityConfig, "hidden", "comma-separated hidden sizes", type=_list_of(int, "positive integers"))
-    _flag(p, CapacityConfig, "lengths", "comma-separated text lengths in characters", type=_list_of(int, "positive integers"))
-    _flag(p, CapacityConfig, "kinds", f"comma-separated text kinds ({', '.join(KINDS)})", type=_list_of(str, "text kinds"))
-    _flag(p, CapacityConfig, "seeds", "seeds per setting (the text and the weights)", type=int)
-    _flag(p, CapacityConfig, "epochs", "update budget of each run (it stops at its first exact recall)", type=int)
-    _flag(p, CapacityConfig, "layers", "stacked recurrent layers", type=int)
-    _flag(p, CapacityConfig, "input", "input encoding", choices=list(INPUTS))
-    _flag(p, CapacityConfig, "loss", "ce or mse", choices=["ce", "mse"])
-    _flag(p, CapacityConfig, "lr", "Adam learning rate", type=float)
-    _flag(p, CapacityConfig, "alphabet", "characters of the random strings (log2 of its size = bits per character)")
-    _flag(p, CapacityConfig, "corpus", "text file the natural-text slices come from, \"\" = tiny Shakespeare")
-    _flag(p, CapacityConfig, "out", "directory of capacity.jsonl, capacity.md and capacity.png")
-    _flag(p, CapacityConfig, "threads", "CPU threads for torch, 0 = torch's default", type=int)
+    add_flags(p, CapacityConfig)
     p.add_argument("--quiet", action="store_true", help="no line per run")
     p.set_defaults(func=_cmd_capacity)
 

@@ -12,9 +12,12 @@ writes the default, the help or the choice list again.
 Bounds: `ge`/`gt`/`le`/`lt` (a non-finite number is always out of bounds), `choices` (a
 tuple; for list settings every item must be one of them), `positive=True` for an integer that
 must be >= 1. `note` names the sentinel ("0 = off") and appears in both the help and the
-message. `shown` replaces the default as `--help` shows it, where the default is not the
-whole story (`--max-time`: 150 s when no other stopping flag is given). `flag=False` keeps a
-field out of the command line (it is set from elsewhere).
+message. A `list[int]`, `list[float]` or `list[str]` setting is one comma-separated flag
+(`--hidden 4,8,16`); `items` names its items where the flag does not parse ("must be a
+comma-separated list of core names, got ''"; by default "positive integers", "integers",
+"numbers" or "names"). `shown` replaces the default as `--help` shows it, where the default
+is not the whole story (`--max-time`: 150 s when no other stopping flag is given).
+`flag=False` keeps a field out of the command line (it is set from elsewhere).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import argparse
 import math
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
+
+from charnn.errors import CharnnError
 
 _KEY = "charnn"
 
@@ -40,17 +45,18 @@ def setting(
     positive: bool = False,
     shown: str | None = None,
     metavar: str | None = None,
+    items: str | None = None,
     flag: bool = True,
 ) -> Any:
     """A dataclass field with everything its flag, its check and its API default need."""
     meta = {
         "help": help, "choices": tuple(choices) if choices is not None else None, "note": note,
         "ge": ge, "gt": gt, "le": le, "lt": lt, "positive": positive, "shown": shown,
-        "metavar": metavar, "flag": flag,
+        "metavar": metavar, "items": items, "flag": flag,
     }
-    if isinstance(default, list):
-        items = list(default)
-        return field(default_factory=lambda: list(items), metadata={_KEY: meta})
+    if isinstance(default, list):  # each instance gets its own copy
+        values = list(default)
+        return field(default_factory=lambda: list(values), metadata={_KEY: meta})
     return field(default=default, metadata={_KEY: meta})
 
 
@@ -73,19 +79,36 @@ def defaults(cls) -> dict[str, Any]:
 
 
 def _type_of(f: Field) -> str:
-    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    """The field's annotation as written ("int", "list[int]", "str|None"), whether the module
+    uses `from __future__ import annotations` (a string) or not (a type: `list[int]` must not
+    become its origin's name, "list")."""
+    t = f.type
+    if not isinstance(t, str):
+        t = t.__name__ if isinstance(t, type) else str(t)
     return t.replace(" ", "")
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value))
+    """A default as `--help` shows it; a list as Python writes it (`['rnn', 'lstm']`), as
+    `charnn capacity --help` always has."""
     if value is None:
         return "none"
     return str(value)
 
 
+def _items(m: dict, item_type: str) -> str:
+    """What the items of a list setting are called in its messages."""
+    if m["items"]:
+        return m["items"]
+    if item_type == "int":
+        return "positive integers" if m["positive"] else "integers"
+    return {"float": "numbers"}.get(item_type, "names")
+
+
 def _list_parser(cast, what: str):
+    """The type of a list flag: "4, 8,16" -> [4, 8, 16]; no item, or one that does not parse,
+    is argparse's error. Choices and bounds are checked later (field_problems), with the rest."""
+
     def parse(value: str):
         try:
             items = [cast(v.strip()) for v in value.split(",") if v.strip()]
@@ -126,9 +149,7 @@ def add_flags(group, cls, names: list[str] | None = None, *, skip: tuple[str, ..
             kw["action"] = "store_true"
         elif t.startswith("list["):
             item = t[5:-1]
-            cast = {"int": int, "float": float}.get(item, str)
-            what = {"int": "positive integers", "float": "numbers"}.get(item, "names")
-            kw["type"] = _list_parser(cast, what)
+            kw["type"] = _list_parser({"int": int, "float": float}.get(item, str), _items(m, item))
         else:
             base = t.split("|")[0]
             kw["type"] = {"int": int, "float": float}.get(base, str)
@@ -139,7 +160,7 @@ def add_flags(group, cls, names: list[str] | None = None, *, skip: tuple[str, ..
         group.add_argument(flag_name(name), **kw)
 
 
-def _bounds_message(m: dict, is_int: bool) -> str | None:
+def _bounds_message(m: dict) -> str | None:
     ge, gt, le, lt = m["ge"], m["gt"], m["le"], m["lt"]
     if m["positive"]:
         return "a positive integer"
@@ -194,13 +215,15 @@ def field_problems(config, names: list[str] | None = None) -> list[str]:
             elif v not in m["choices"]:
                 problems.append(f"{flag} must be one of {', '.join(m['choices'])}, got {v!r}")
             continue
-        bounds = _bounds_message(m, t.startswith("int"))
+        bounds = _bounds_message(m)
         if bounds is None:
             continue
         if t.startswith("list["):
-            if not isinstance(v, list) or not v or any(not _in_bounds(x, m, True) for x in v):
+            item = t[5:-1]
+            if not isinstance(v, list) or not v or any(not _in_bounds(x, m, item == "int") for x in v):
                 shown = ",".join(map(str, v)) if isinstance(v, list) else v
-                problems.append(f"{flag} must be a comma-separated list of positive integers, got {shown!r}")
+                what = _items(m, item) + ("" if m["positive"] else f" {bounds}")
+                problems.append(f"{flag} must be a comma-separated list of {what}, got {shown!r}")
             continue
         if v is None and "None" in t:
             continue
@@ -212,8 +235,6 @@ def field_problems(config, names: list[str] | None = None) -> list[str]:
 
 def from_settings(cls, settings: dict, what: str):
     """`cls(**settings)`, refusing names it does not have (one line naming them)."""
-    from charnn.errors import CharnnError
-
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(settings) - known)
     if unknown:

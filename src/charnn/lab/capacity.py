@@ -19,22 +19,29 @@ Results are appended, one JSON line per run, to `capacity.jsonl` in the output d
 and a rerun skips every run already there (a killed sweep resumes where it stopped; a wider
 sweep runs only what is new). The summary is a markdown table (`capacity.md`) and a plot of
 recall accuracy against length, one curve per cell (`capacity.png`, with the [plot] extra).
+
+Imports memorize.py, the data layer (the corpus) and the base modules.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from charnn.errors import CharnnError
-from charnn.files import append_jsonl, read_jsonl
-from charnn.lab.memorize import MemorizeConfig, memorize
+import torch
+
+from charnn.data.corpus import read_corpus
+from charnn.errors import CharnnError, check_all
+from charnn.files import append_jsonl, atomic_write, read_jsonl
+from charnn.lab.memorize import LOSSES, MemorizeConfig, memorize
 from charnn.models import CORES, INPUTS
+from charnn.settings import field_problems, setting
 
 KINDS = ("random", "text")
 RANDOM_ALPHABET = "abcdefghijklmnop"  # 16 letters: 4 bits per character
@@ -42,46 +49,30 @@ RANDOM_ALPHABET = "abcdefghijklmnop"  # 16 letters: 4 bits per character
 
 @dataclass
 class CapacityConfig:
-    cells: list[str] = field(default_factory=lambda: ["rnn", "lstm", "gru"])
-    hidden: list[int] = field(default_factory=lambda: [4, 8, 16])
-    lengths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    seeds: int = 3
-    epochs: int = 300  # the update budget of each run
-    layers: int = 1
-    input: str = "onehot"
-    loss: str = "ce"
-    lr: float = 0.01
-    alphabet: str = RANDOM_ALPHABET  # of the random strings
-    corpus: str = ""  # a text file for the "text" kind; "" = the bundled tiny Shakespeare
-    out: str = "runs/capacity"
-    threads: int = 1
+    """The grid and the budget of a sweep; the `charnn capacity` flags map onto these one to one."""
+
+    cells: list[str] = setting(["rnn", "lstm", "gru"], f"comma-separated cores ({', '.join(CORES)})",
+                               choices=CORES, items="core names")
+    hidden: list[int] = setting([4, 8, 16], "comma-separated hidden sizes", positive=True)
+    lengths: list[int] = setting([8, 16, 32, 64, 128, 256], "comma-separated text lengths in characters",
+                                 positive=True)
+    kinds: list[str] = setting(list(KINDS), f"comma-separated text kinds ({', '.join(KINDS)})",
+                               choices=KINDS, items="text kinds")
+    seeds: int = setting(3, "seeds per setting (the text and the weights)", positive=True)
+    epochs: int = setting(300, "update budget of each run (it stops at its first exact recall)", positive=True)
+    layers: int = setting(1, "stacked recurrent layers", positive=True)
+    input: str = setting("onehot", "input encoding", choices=INPUTS)
+    loss: str = setting("ce", " or ".join(LOSSES), choices=LOSSES)
+    lr: float = setting(0.01, "Adam learning rate", gt=0)
+    alphabet: str = setting(RANDOM_ALPHABET, "characters of the random strings (log2 of its size = bits per character)")
+    corpus: str = setting("", "text file the natural-text slices come from", note='"" = tiny Shakespeare')
+    out: str = setting("runs/capacity", "directory of capacity.jsonl, capacity.md and capacity.png")
+    threads: int = setting(1, "CPU threads for torch, 0 = torch's default", ge=0)  # as in MemorizeConfig
 
     def problems(self) -> list[str]:
-        p = []
-        for name, values, allowed in (("cells", self.cells, CORES), ("kinds", self.kinds, KINDS)):
-            bad = [v for v in values if v not in allowed]
-            if bad or not values:
-                p.append(f"--{name} must be a comma-separated list of {', '.join(allowed)}, got {','.join(values)!r}")
-        for name in ("hidden", "lengths"):
-            values = getattr(self, name)
-            if not values or any(not isinstance(v, int) or v < 1 for v in values):
-                p.append(f"--{name} must be a comma-separated list of positive integers, got "
-                         f"{','.join(map(str, values))!r}")
-        for name in ("seeds", "epochs", "layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                p.append(f"--{name} must be a positive integer, got {v}")
-        if self.input not in INPUTS:
-            p.append(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
-        if self.loss not in ("ce", "mse"):
-            p.append(f"--loss must be one of ce, mse, got {self.loss!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            p.append(f"--lr must be > 0, got {self.lr}")
+        p = field_problems(self)
         if len(set(self.alphabet)) < 2:
             p.append(f"--alphabet needs at least 2 distinct characters, got {self.alphabet!r}")
-        if self.threads < 0:
-            p.append(f"--threads must be >= 0, got {self.threads}")
         return p
 
 
@@ -105,8 +96,6 @@ def corpus_slice(corpus: str, length: int, seed: int) -> str:
 
 
 def _corpus_text(config: CapacityConfig) -> tuple[str, str]:
-    from charnn.data.corpus import read_corpus
-
     corpus = read_corpus([config.corpus] if config.corpus else [])
     return corpus.text, config.corpus or "tinyshakespeare"
 
@@ -116,15 +105,6 @@ def _key(row: dict) -> tuple:
     """What makes two runs the same run: every setting that changes the result."""
     return tuple(row.get(k) for k in ("kind", "source", "cell", "hidden", "layers", "length", "seed",
                                       "epochs", "lr", "loss", "input"))
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a results file; a line torn by a killed sweep is ignored (it reruns)."""
-    return read_jsonl(path)
-
-
-def _append_row(path: Path, row: dict) -> None:
-    append_jsonl(path, row, durable=True)
 
 
 def planned_runs(config: CapacityConfig, source: str) -> list[dict]:
@@ -181,19 +161,10 @@ class SweepResult:
     markdown: Path
     plot: Path | None  # None without matplotlib
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {**d, "jsonl": str(self.jsonl), "markdown": str(self.markdown),
-                "plot": str(self.plot) if self.plot else None}
-
 
 def sweep(config: CapacityConfig, log: Callable[[str], None] | None = None) -> SweepResult:
     """Run the grid (skipping runs already in the results file) and write the summaries."""
-    problems = config.problems()
-    if problems:
-        raise CharnnError("; ".join(problems))
-    import torch
-
+    check_all(config.problems())
     if config.threads:
         torch.set_num_threads(config.threads)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -204,25 +175,23 @@ def sweep(config: CapacityConfig, log: Callable[[str], None] | None = None) -> S
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "capacity.jsonl"
-    done = {_key(r) for r in read_rows(jsonl)}
+    done = {_key(r) for r in read_jsonl(jsonl)}  # a line torn by a killed sweep is ignored: it reruns
     grid = planned_runs(config, source)
     todo = [s for s in grid if _key(s) not in done]
     started = time.perf_counter()
     for i, settings in enumerate(todo, 1):
         row = run_one(settings, corpus)
-        _append_row(jsonl, row)
+        append_jsonl(jsonl, row, durable=True)
         elapsed = time.perf_counter() - started
         first = row["first_exact_epoch"]
         log(f"[{i}/{len(todo)}] {row['kind']} L={row['length']} {row['cell']} h={row['hidden']} "
             f"seed {row['seed']}: {'exact after epoch ' + str(first) if row['exact'] else 'not exact'}, "
             f"char accuracy {row['char_accuracy']:.0%}, {row['seconds']:.1f} s "
             f"(elapsed {elapsed:.0f} s, eta {elapsed / i * (len(todo) - i):.0f} s)")
-    by_key = {_key(r): r for r in read_rows(jsonl)}
+    by_key = {_key(r): r for r in read_jsonl(jsonl)}
     rows = [by_key[_key(s)] for s in grid if _key(s) in by_key]
     table = format_table(rows, config)
     markdown = out / "capacity.md"
-    from charnn.files import atomic_write
-
     atomic_write(markdown, (table + "\n").encode())
     plot = plot_capacity(rows, out / "capacity.png")
     return SweepResult(rows, len(todo), len(grid) - len(todo), table, jsonl, markdown, plot)
@@ -260,8 +229,9 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def format_table(rows: list[dict], config: CapacityConfig | None = None) -> str:
-    """A markdown table: exact recalls (seeds) per length, capacity, bits per parameter."""
+def format_table(rows: list[dict], config: CapacityConfig) -> str:
+    """A markdown table: exact recalls (seeds) per length, capacity, bits per parameter; then
+    a line saying what the numbers count."""
     summary = summarize(rows)
     if not summary:
         return "(no results)"
@@ -274,11 +244,10 @@ def format_table(rows: list[dict], config: CapacityConfig | None = None) -> str:
         cap = (">= " if s["capacity_is_lower_bound"] else "") + str(s["capacity"])
         bpp = f"{s['bits_per_param']:.3f}" if s["bits_per_param"] is not None else "n/a"
         lines.append("| " + " | ".join([kind, s["cell"], str(s["hidden"]), f"{s['params']:,}", *exact, cap, bpp]) + " |")
-    if config is not None:
-        lines.append("")
-        lines.append(f"Each cell of L=... columns: seeds (of {config.seeds}) recalled exactly within "
-                     f"{config.epochs} updates; {config.layers} layer(s), {config.input} input, "
-                     f"{config.loss} loss, Adam lr {config.lr:g}.")
+    lines.append("")
+    lines.append(f"Each cell of L=... columns: seeds (of {config.seeds}) recalled exactly within "
+                 f"{config.epochs} updates; {config.layers} layer(s), {config.input} input, "
+                 f"{config.loss} loss, Adam lr {config.lr:g}.")
     return "\n".join(lines)
 
 
@@ -290,11 +259,7 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
     except ImportError:
         return None
     matplotlib.use("Agg")
-    import io
-
     import matplotlib.pyplot as plt
-
-    from charnn.files import atomic_write
 
     if not rows:
         return None
@@ -334,6 +299,3 @@ def plot_capacity(rows: list[dict], path: Path) -> Path | None:
     atomic_write(path, buf.getvalue())
     return path
 
-
-__all__ = ["CapacityConfig", "SweepResult", "sweep", "format_table", "summarize", "random_text",
-           "corpus_slice"]

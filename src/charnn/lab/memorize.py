@@ -26,22 +26,24 @@ reproducible and measured:
 
 Adam is invariant to the scale of the loss (up to its epsilon), so the notebook's sum of
 per-character losses and the mean used here give the same updates.
+
+Imports the data and model layers (and the base modules); capacity.py builds on it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from charnn.data.vocab import END, START, Vocab
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, check_all
 from charnn.models import CORES, INPUTS, ModelConfig, build_model
 from charnn.models.lm import CharLM, char_loss
+from charnn.settings import field_problems, flag_name, from_settings, setting
 
 LOSSES = ("ce", "mse")
 FEEDBACKS = ("onehot", "raw")
@@ -56,21 +58,26 @@ TUTORIAL_SENTENCE_LONG = TUTORIAL_SENTENCE + " show me your limit!"
 
 @dataclass
 class MemorizeConfig:
-    text: str = ""
-    alphabet: str = ""  # "" = the characters of text
-    cell: str = "lstm"  # a name in models.CORES
-    layers: int = 1
-    hidden: int = 64
-    embed: int = 32  # with input="embedding"
-    input: str = "onehot"  # onehot | embedding
-    loss: str = "ce"  # ce (cross-entropy) | mse (on the one-hot target, as the notebook)
-    lr: float = 0.01  # Adam
-    epochs: int = 500  # updates, one per pass over the text
-    batch_size: int = 1  # sliding windows per batch
-    feedback: str = "onehot"  # recall feeds back: onehot (the prediction) | raw (the output vector)
-    seed: int = 0
-    stop_when_exact: bool = False  # stop training at the first exact recall
-    threads: int = 1  # torch CPU threads; tiny models run fastest on one, 0 = torch's default
+    """One memorisation run; the `charnn memorize` flags map onto these one to one."""
+
+    text: str = ""  # the TEXT argument (or a preset's)
+    alphabet: str = setting("", "the characters of the vocabulary", note='"" = those of TEXT')
+    cell: str = setting("lstm", "recurrent core", choices=CORES)
+    layers: int = setting(1, "stacked recurrent layers", positive=True)
+    hidden: int = setting(64, "hidden units per layer", positive=True)
+    embed: int = setting(32, "embedding size (with --input embedding)", positive=True)
+    input: str = setting("onehot", "input encoding", choices=INPUTS)
+    loss: str = setting("ce", "ce = cross-entropy; mse = squared error to the one-hot target", choices=LOSSES)
+    lr: float = setting(0.01, "Adam learning rate", gt=0)
+    epochs: int = setting(500, "updates, each on the whole text", positive=True)
+    batch_size: int = setting(1, "sliding windows per batch", positive=True)
+    feedback: str = setting("onehot", "what recall feeds back: the prediction as one-hot, or the raw output vector",
+                            choices=FEEDBACKS)
+    seed: int = setting(0, "random seed of the weights")
+    stop_when_exact: bool = setting(False, "stop training at the first exact recall")
+    # Tiny models run fastest on one thread. The sentinel is in the help, not in `note`, so that
+    # the message stays "--threads must be >= 0, got -1".
+    threads: int = setting(1, "CPU threads for torch, 0 = torch's default", ge=0)
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages that name the flag."""
@@ -83,19 +90,7 @@ class MemorizeConfig:
                 shown = ", ".join(repr(c) for c in outside[:20])
                 p.append(f"TEXT has {len(outside)} character(s) outside --alphabet: {shown}; "
                          f"add them to --alphabet, or leave --alphabet out to use the text's own characters")
-        if self.cell not in CORES:
-            p.append(f"--cell must be one of {', '.join(CORES)}, got {self.cell!r}")
-        for name, choices in (("input", INPUTS), ("loss", LOSSES), ("feedback", FEEDBACKS)):
-            if getattr(self, name) not in choices:
-                p.append(f"--{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        for name in ("layers", "hidden", "embed", "epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                p.append(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
-        if self.threads < 0:
-            p.append(f"--threads must be >= 0, got {self.threads}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            p.append(f"--lr must be > 0, got {self.lr}")
+        p += field_problems(self)
         if self.text and isinstance(self.batch_size, int) and self.batch_size > len(self.text) + 1:
             p.append(f"--batch-size {self.batch_size} is more sliding windows than the text has inputs "
                      f"({len(self.text) + 1}: its characters and <start>); lower --batch-size")
@@ -138,15 +133,15 @@ def resolve(settings: dict) -> MemorizeConfig:
         if preset not in PRESETS:
             raise CharnnError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         base = dict(PRESETS[preset][1])
-    known = {f.name for f in fields(MemorizeConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise CharnnError(f"unknown memorize setting(s): {', '.join(unknown)}")
-    config = MemorizeConfig(**{**base, **settings})
-    problems = config.problems()
-    if problems:
-        raise CharnnError("; ".join(problems))
+    config = from_settings(MemorizeConfig, {**base, **settings}, "memorize")
+    check_all(config.problems())
     return config
+
+
+def format_presets() -> str:
+    """Each preset: its name, what it is, and its settings as flags."""
+    return "\n".join(f"{name}: {description}\n  " + " ".join(f"{flag_name(k)} {v!r}" for k, v in settings.items())
+                     for name, (description, settings) in PRESETS.items())
 
 
 @dataclass
@@ -232,9 +227,7 @@ def memorize(
 ) -> MemorizeResult:
     """Train a fresh model on config.text and measure its recall. `on_epoch(epoch, loss)` is
     called after each update (for progress)."""
-    problems = config.problems()
-    if problems:
-        raise CharnnError("; ".join(problems))
+    check_all(config.problems())
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
@@ -307,8 +300,9 @@ def memorize(
     )
 
 
-def describe(config: MemorizeConfig, vocab_size: int) -> str:
+def describe(config: MemorizeConfig) -> str:
     """One line saying what is being trained."""
+    vocab_size = len(make_vocab(config.text, config.alphabet))
     layers = f"{config.layers} layer{'s' if config.layers > 1 else ''}"
     inp = "one-hot input" if config.input == "onehot" else f"embedding {config.embed}"
     loss = "MSE on one-hot targets" if config.loss == "mse" else "cross-entropy"
