@@ -249,6 +249,13 @@ class _Served:
     card: dict
 
 
+def _engine(model: CharModel, config: ServeConfig) -> Engine:
+    """The model's engine: its fast stepper, the text of each id (special tokens are ''), the ids
+    never to sample."""
+    texts = [model.vocab.decode([i]) for i in range(model.vocab.size)]
+    return Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue)
+
+
 def _card(model_id: str, model: CharModel) -> dict:
     weights = Path(model.run_dir) / "model.safetensors"
     cfg = model.config
@@ -296,10 +303,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
     """The ASGI app serving `models` (id -> loaded run). Engines start with the app's lifespan."""
     config = config or ServeConfig()
     check_all(config.problems())
-    served = {
-        mid: _Served(mid, m, Engine(m, config.max_batch, config.max_queue), _card(mid, m))
-        for mid, m in models.items()
-    }
+    served = {mid: _Served(mid, m, _engine(m, config), _card(mid, m)) for mid, m in models.items()}
     page = (resources.files("charnn.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager

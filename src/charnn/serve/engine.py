@@ -5,7 +5,7 @@ step either way), so an engine keeps all the streams of a model in one batch and
 them together, letting streams join and leave between steps:
 
     submit ──► pending groups (bounded) ──► primer thread: prime each prompt in one pass, as
-                                            sample.generate does (prompts of equal length
+                                            sampling.generate does (prompts of equal length
                                             waiting together share the pass), beside the
                                             engine thread, so the batch never waits for it
            ──► admit (engine thread, between steps, in order): fan each primed state and
@@ -15,9 +15,11 @@ them together, letting streams join and leave between steps:
            ──► drop finished and cancelled rows ──► stepper.step(ids (B,), state) for the rest
 
 A job is one request's choices. The engine thread fills it; the caller (the HTTP server,
-or any thread) takes what is ready with `Job.take()`, woken by the `on_ready` callback or
-`Job.ready`. Cancelling a job (the client went away, or its time ran out) drops its rows
-at the next step.
+or any thread) takes what is ready with `Job.take()`, woken by the `on_ready` callback.
+Cancelling a job (the client went away, or its time ran out) drops its rows at the next step.
+
+The engine knows ids, not the model: it is given a stepper (infer.steps.Stepper: `stepper(ids)`
+primes, `stepper.step(ids, state)` steps), the text of each id and the ids never to sample.
 
 Seeds: choice i of each prompt uses seed + i, as `charnn sample --num-samples` does. A
 choice alone in the batch produces exactly the text `charnn.load(run).generate(...)` gives
@@ -37,8 +39,9 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.infer.sampling import StopFilter, sample_rows
+from charnn.infer.sampling import SampleConfig, StopFilter, sample_rows
 from charnn.models.lm import cat_states, select_state
+from charnn.settings import default_of
 
 log = logging.getLogger("charnn.engine")
 
@@ -55,12 +58,13 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How each choice of a request is generated. max_tokens counts characters."""
+    """How each choice of a request is generated. max_tokens counts characters; the sampling
+    settings default as SampleConfig's."""
 
     max_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = default_of(SampleConfig, "temperature")
+    top_k: int = default_of(SampleConfig, "top_k")
+    top_p: float = default_of(SampleConfig, "top_p")
     stop: tuple[str, ...] = ()
 
 
@@ -81,24 +85,15 @@ class Job:
         self.prompt_chars = prompt_chars
         self.generated = 0  # characters stepped for this job (its usage), all choices
         self.error: str | None = None
-        self.ready = threading.Event()  # set while outputs wait to be taken
         self._on_ready = on_ready
         self._lock = threading.Lock()
         self._items: list[Output] = []
-        self._open = choices
         self.cancelled = False
-
-    @property
-    def finished(self) -> bool:
-        """Every choice has finished and everything was taken."""
-        with self._lock:
-            return self._open == 0 and not self._items
 
     def take(self) -> list[Output]:
         """The outputs produced since the last call, in order."""
         with self._lock:
             items, self._items = self._items, []
-            self.ready.clear()
         return items
 
     def cancel(self) -> None:
@@ -109,9 +104,6 @@ class Job:
         with self._lock:
             wake = not self._items  # wake the reader once, not for every piece it has not taken
             self._items.extend(items)
-            self._open -= sum(o.finish is not None for o in items)
-            if wake:
-                self.ready.set()
         if wake and self._on_ready is not None:
             self._on_ready()
 
@@ -146,13 +138,16 @@ class _Stream:
 class Engine:
     """One model's batch of streams, stepped by one background thread."""
 
-    def __init__(self, model, max_batch: int = 64, max_queue: int = 256) -> None:
-        """`model` is a charnn.api.CharModel (what charnn.load returns)."""
-        self.lm = model.model  # primes prompts with its fused forward pass
-        self.stepper = model.stepper  # the fast one-step path (inference.make_stepper)
-        self.device = next(self.lm.parameters()).device
-        self.chars = list(model.vocab.chars) + [""] * len(model.vocab.specials)  # id -> text
-        self.banned = torch.as_tensor(model.banned, dtype=torch.long, device=self.device)
+    def __init__(
+        self, stepper, texts: Sequence[str], banned: Sequence[int] = (), max_batch: int = 64, max_queue: int = 256
+    ) -> None:
+        """`stepper`: `stepper(ids (B, P))` primes (the model's fused forward pass) and
+        `stepper.step(ids (B,), state)` steps (infer.steps.Stepper, a loaded run's `.stepper`);
+        `texts[i]`: the text of id i; `banned`: ids never sampled (special tokens)."""
+        self.stepper = stepper
+        self.device = stepper.device
+        self.texts = list(texts)
+        self.banned = torch.as_tensor(list(banned), dtype=torch.long, device=self.device)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._cond = threading.Condition()
         self._pending: collections.deque[_Group] = collections.deque()
@@ -310,7 +305,7 @@ class Engine:
     def _prime(self, groups: list[_Group]) -> list[tuple]:
         """Each group's logits after its prompt and the state there, one pass per prompt length.
 
-        As sample.generate does it: prompts of the same length that are waiting together share
+        As sampling.generate does it: prompts of the same length that are waiting together share
         the pass (a lone prompt is primed alone, B=1).
         """
         by_length: dict[int, list[int]] = {}
@@ -319,7 +314,7 @@ class Engine:
         out: list[tuple] = [None] * len(groups)
         for ks in by_length.values():
             ids = torch.tensor([groups[k].prompt for k in ks], dtype=torch.long, device=self.device)  # (k, P)
-            logits, state = self.lm(ids)  # (k, P, V)
+            logits, state = self.stepper(ids)  # (k, P, V)
             for row, k in enumerate(ks):
                 pick = torch.tensor([row], device=self.device)
                 out[k] = (logits[row : row + 1, -1], select_state(state, pick))
@@ -372,7 +367,7 @@ class Engine:
                 continue
             r.produced += 1
             r.job.generated += 1
-            text = r.stops.feed(self.chars[i]) if r.sampling.stop else self.chars[i]
+            text = r.stops.feed(self.texts[i]) if r.sampling.stop else self.texts[i]
             finish = None
             if r.stops.stopped:
                 finish = "stop"
