@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import charnn
-from charnn.serve.app import background_server
 from charnn.serve.config import ServeConfig
+from charnn.serve.run import background_server
 
 
 @pytest.mark.slow
