@@ -62,6 +62,7 @@ from charnn.serve.schemas import (
     ModelList,
     document_limits,
     errors,
+    sampling_default,
     validation_error,
 )
 
@@ -270,14 +271,19 @@ def _check(req: CompletionRequest, s: _Served, config: ServeConfig):
     if problems:
         code = "context_length_exceeded" if any("characters, over" in m for _, m in problems) else "invalid_value"
         raise APIError(400, "; ".join(m for _, m in problems), param=problems[0][0], code=code)
-    temperature = req.temperature if req.temperature is not None else 1.0
+
+    def given(name: str):  # a sampling setting left out (or null) takes SampleConfig's default
+        value = getattr(req, name)
+        return value if value is not None else sampling_default(name)
+
+    temperature = given("temperature")
     if temperature < 1e-6:
         temperature = 0.0  # logits / t would overflow float32: at this temperature sampling is argmax
     sampling = Sampling(
         max_tokens=max_tokens,
         temperature=temperature,
-        top_k=min(req.top_k or 0, s.model.vocab.size),  # k >= V is "off", and fits an int64
-        top_p=req.top_p if req.top_p is not None else 1.0,
+        top_k=min(given("top_k"), s.model.vocab.size),  # k >= V is "off", and fits an int64
+        top_p=given("top_p"),
         stop=tuple(stops),
     )
     return prompts, ids, sampling, n

@@ -2,19 +2,24 @@
 
 The pydantic models here are both the server's validation and its OpenAPI document (one
 set of type hints). An error of any kind is `{"error": {"message", "type", "param", "code"}}`
-(APIError).
+(APIError). A sampling field's default and bounds are SampleConfig's (charnn.infer.sampling),
+so a request without `temperature` samples as `charnn sample` does.
 
-Imports: pydantic, starlette's JSONResponse and serve.config; nothing else of the server.
+Imports: pydantic, starlette's JSONResponse, charnn.settings, charnn.infer.sampling (SampleConfig)
+and serve.config; nothing else of the server.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from charnn.infer.sampling import SampleConfig
 from charnn.serve.config import ServeConfig
+from charnn.settings import default_of, meta
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_STOPS, MAX_STOP_CHARS = 4, 64  # OpenAI allows 4 stop strings; each is matched per character
@@ -52,6 +57,18 @@ def validation_error(errors: list[dict]) -> APIError:
 _Finite = Field(allow_inf_nan=False)
 
 
+def sampling_default(name: str) -> Any:
+    """The default of a sampling setting (a request that leaves it out, or sends null)."""
+    return default_of(SampleConfig, name)
+
+
+def _sampling_field(name: str, description: str) -> Any:
+    """A request field with SampleConfig's default and bounds for `name`."""
+    m = meta(next(f for f in fields(SampleConfig) if f.name == name))
+    bounds = {k: m[k] for k in ("ge", "gt", "le", "lt") if m[k] is not None}
+    return Field(sampling_default(name), description=description, **bounds)
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -69,9 +86,9 @@ class CompletionRequest(BaseModel):
     model: str = Field(description="a model id from /v1/models (a run directory's name)")
     prompt: str | list[str] = Field("", description="text to continue, or a list of them")
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=0, description="characters to generate per choice")
-    temperature: Annotated[float, _Finite] | None = Field(1.0, ge=0, description="0 = greedy")
-    top_p: Annotated[float, _Finite] | None = Field(1.0, gt=0, le=1, description="nucleus sampling, 1 = off")
-    top_k: int | None = Field(0, ge=0, description="sample from the k most likely characters, 0 = off")
+    temperature: Annotated[float, _Finite] | None = _sampling_field("temperature", "0 = greedy")
+    top_p: Annotated[float, _Finite] | None = _sampling_field("top_p", "nucleus sampling, 1 = off")
+    top_k: int | None = _sampling_field("top_k", "sample from the k most likely characters, 0 = off")
     n: int | None = Field(1, ge=1, description="choices per prompt; choice i uses seed + i")
     stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} strings that end a choice")
     seed: int | None = Field(None, ge=-(2**53), le=2**53,
