@@ -58,7 +58,7 @@ def test_request_sampling_defaults_and_bounds_are_sample_configs():
     from dataclasses import fields
 
     from charnn.infer.sampling import SampleConfig
-    from charnn.serve.engine import Sampling
+    from charnn.serve.jobs import Sampling
     from charnn.serve.schemas import CompletionRequest
     from charnn.settings import default_of, meta
 

@@ -46,8 +46,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from charnn.errors import CharnnError, check_all
 from charnn.infer.model import CharModel
 from charnn.serve.config import ServeConfig
-from charnn.serve.engine import Engine, QueueFull, Sampling
+from charnn.serve.engine import Engine
 from charnn.serve.guard import Guard
+from charnn.serve.jobs import QueueFull, Sampling
 from charnn.serve.replies import collect, events
 from charnn.serve.schemas import (
     DEFAULT_MAX_TOKENS,

@@ -9,7 +9,7 @@ way out, so its rows leave the batch.
     collect  -> {"id", "object": "text_completion", "created", "model", "choices", "usage", "seed"}
     events   -> data: {chunk}\\n\\n ... data: {usage chunk}\\n\\n (stream_options) data: [DONE]\\n\\n
 
-Imports: serve.engine (Job) and serve.schemas (APIError); starlette for the JSON response.
+Imports: serve.jobs (Job) and serve.schemas (APIError); starlette for the JSON response.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from charnn.serve.engine import Job
+from charnn.serve.jobs import Job
 from charnn.serve.schemas import RETRY_AFTER_S, APIError
 
 # A reader takes what its choices produced at most this often: one event carries the
