@@ -15,6 +15,7 @@ rest of the server is one module per story:
 
     schemas.py   request/response bodies (and the OpenAPI document), APIError
     guard.py     API key and body size, before anything parses a request
+    jobs.py      Sampling in, a Job of Outputs out: what this side and the engine share
     engine.py    generation: one thread per model steps every active stream in one batch
     replies.py   a job's outputs as one JSON body or as server-sent events
     run.py       serve() and background_server(): sockets, uvicorn, the exposure warning
@@ -23,7 +24,7 @@ Safe by default: it binds 127.0.0.1; with an API key every /v1 route needs
 `Authorization: Bearer KEY`; bodies, prompts, lengths, choices, concurrency, the queue and
 the time per request are all bounded (ServeConfig, one flag each).
 
-Imports: FastAPI, charnn.infer.model (CharModel, the loaded run), and the serve modules above.
+Imports: FastAPI, charnn.errors, charnn.infer.model (CharModel, the loaded run), the serve modules.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 A port in use or a host that does not resolve is a CharnnError (one line, exit 2), raised
 before uvicorn starts. Anything but a loopback address prints a loud warning.
 
-Imports: serve.app (create_app), serve.config, charnn.infer.model (loading a run); uvicorn
+Imports: serve.app (create_app), serve.config, charnn.errors, charnn.infer.model (loading a run); uvicorn
 only when a server starts.
 """
 
