@@ -23,8 +23,8 @@ import pytest
 import charnn
 from charnn.cli import main
 from charnn.errors import CharnnError
-from charnn.serve.app import background_server, exposure_warning, model_ids
 from charnn.serve.config import ServeConfig
+from charnn.serve.run import background_server, exposure_warning, model_ids
 from conftest import slowed
 
 KEY = "test-key-123"
@@ -352,7 +352,7 @@ def test_model_ids(tmp_path, tiny_run):
         model_ids([str(tiny_run), str(tiny_run)])
     with pytest.raises(CharnnError, match="does not exist"):
         main_args = ["serve", str(tmp_path / "missing")]
-        from charnn.serve.app import load_models
+        from charnn.serve.run import load_models
 
         load_models(main_args[1:])
 

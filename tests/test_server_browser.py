@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import charnn
-from charnn.serve.app import background_server
+from charnn.serve.run import background_server
 from conftest import slowed
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

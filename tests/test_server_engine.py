@@ -13,7 +13,8 @@ import charnn
 from charnn.infer.sampling import sample_next, sample_rows
 from charnn.models import CORES, ModelConfig, build_model
 from charnn.models.lm import cat_states, select_state, state_tensors
-from charnn.serve.engine import NOISE_BLOCK, Engine, QueueFull, Sampling
+from charnn.serve.engine import NOISE_BLOCK, Engine
+from charnn.serve.jobs import QueueFull, Sampling
 
 
 def run(job, seconds: float = 30.0) -> tuple[list[str], list[str]]:
@@ -22,11 +23,17 @@ def run(job, seconds: float = 30.0) -> tuple[list[str], list[str]]:
     deadline = time.monotonic() + seconds
     while None in finish:
         assert time.monotonic() < deadline, "the job did not finish"
-        job.ready.wait(0.1)
+        time.sleep(0.002)
         for o in job.take():
             texts[o.index] += o.text
             finish[o.index] = o.finish or finish[o.index]
     return texts, finish
+
+
+def engine_of(model, max_batch: int, max_queue: int) -> Engine:
+    """The engine of a loaded run, as charnn serve builds it: its stepper, id -> text, banned ids."""
+    texts = [model.vocab.decode([i]) for i in range(model.vocab.size)]
+    return Engine(model.stepper, texts, model.banned, max_batch=max_batch, max_queue=max_queue)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,7 @@ def model(tiny_run):
 
 @pytest.fixture
 def engine(model):
-    e = Engine(model, max_batch=16, max_queue=64).start()
+    e = engine_of(model, max_batch=16, max_queue=64).start()
     yield e
     e.close()
 
@@ -129,7 +136,7 @@ def test_cancel_frees_the_rows(engine, model):
 
 
 def test_queue_bound_and_zero_tokens(model):
-    e = Engine(model, max_batch=2, max_queue=3)  # not started: everything stays queued
+    e = engine_of(model, max_batch=2, max_queue=3)  # not started: everything stays queued
     try:
         e.submit([model.prime_ids("R")], 2, Sampling(10), seed=0)
         e.submit([model.prime_ids("R")], 3, Sampling(10), seed=0)
@@ -143,7 +150,7 @@ def test_queue_bound_and_zero_tokens(model):
 
 
 def test_close_finishes_open_jobs_with_an_error(model):
-    e = Engine(model, max_batch=2, max_queue=8)
+    e = engine_of(model, max_batch=2, max_queue=8)
     job = e.submit([model.prime_ids("R")], 2, Sampling(10), seed=0)
     e.close()
     texts, finish = run(job)
@@ -161,7 +168,7 @@ def test_a_failing_step_fails_its_jobs_and_the_engine_goes_on(tiny_run, model):
         return step(ids, state)
 
     broken.stepper.step = flaky
-    e = Engine(broken, max_batch=4, max_queue=4).start()
+    e = engine_of(broken, max_batch=4, max_queue=4).start()
     try:
         job = e.submit([model.prime_ids("R")], 2, Sampling(50), seed=1)
         texts, finish = run(job)

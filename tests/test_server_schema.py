@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 import charnn
-from charnn.serve.app import background_server
 from charnn.serve.config import ServeConfig
+from charnn.serve.run import background_server
 
 
 @pytest.mark.slow
@@ -50,3 +50,26 @@ def test_no_server_errors_and_answers_match_the_document(tiny_run):
     # The run reached real generation, and real rejections, not only 404s.
     print(sorted(seen.items()))
     assert seen[("/v1/completions", 200)] >= 10 and seen[("/v1/completions", 400)] >= 10, seen
+
+
+def test_request_sampling_defaults_and_bounds_are_sample_configs():
+    """One source: a request's temperature / top_k / top_p default and bound as SampleConfig's
+    fields (charnn sample's flags), and so does the engine's Sampling."""
+    from dataclasses import fields
+
+    from charnn.infer.sampling import SampleConfig
+    from charnn.serve.jobs import Sampling
+    from charnn.serve.schemas import CompletionRequest
+    from charnn.settings import default_of, meta
+
+    request = CompletionRequest(model="m")
+    sampling = Sampling(max_tokens=1)
+    props = CompletionRequest.model_json_schema()["properties"]
+    keywords = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+    for f in fields(SampleConfig):
+        if f.name == "length":  # max_tokens: OpenAI's default (16), bounded by --max-tokens
+            continue
+        assert getattr(request, f.name) == getattr(sampling, f.name) == default_of(SampleConfig, f.name)
+        number = next(b for b in props[f.name]["anyOf"] if b["type"] != "null")
+        want = {keywords[k]: v for k, v in meta(f).items() if k in keywords and v is not None}
+        assert {k: v for k, v in number.items() if k in keywords.values()} == want, f.name

@@ -346,7 +346,7 @@ def _cmd_serve(args) -> int:
     from charnn.serve.config import ServeConfig
 
     try:
-        from charnn.serve.app import serve
+        from charnn.serve.run import serve
     except ImportError as e:
         raise CharnnError(f"charnn serve needs the [serve] extra ({e.name} is missing): "
                           f"pip install 'charnn[serve]'") from None

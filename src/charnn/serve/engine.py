@@ -5,7 +5,7 @@ step either way), so an engine keeps all the streams of a model in one batch and
 them together, letting streams join and leave between steps:
 
     submit ──► pending groups (bounded) ──► primer thread: prime each prompt in one pass, as
-                                            sample.generate does (prompts of equal length
+                                            sampling.generate does (prompts of equal length
                                             waiting together share the pass), beside the
                                             engine thread, so the batch never waits for it
            ──► admit (engine thread, between steps, in order): fan each primed state and
@@ -14,10 +14,12 @@ them together, letting streams join and leave between steps:
            noise (sample_rows) ──► text, stop strings ──► the job's outputs
            ──► drop finished and cancelled rows ──► stepper.step(ids (B,), state) for the rest
 
-A job is one request's choices. The engine thread fills it; the caller (the HTTP server,
-or any thread) takes what is ready with `Job.take()`, woken by the `on_ready` callback or
-`Job.ready`. Cancelling a job (the client went away, or its time ran out) drops its rows
-at the next step.
+A job (jobs.py) is one request's choices: the engine thread fills it, the caller takes what
+is ready. Cancelling a job (the client went away, or its time ran out) drops its rows at the
+next step. Engine owns the queue and the two threads; _Batch owns the rows being generated.
+
+The engine knows ids, not the model: it is given a stepper (infer.steps.Stepper: `stepper(ids)`
+primes, `stepper.step(ids, state)` steps), the text of each id and the ids never to sample.
 
 Seeds: choice i of each prompt uses seed + i, as `charnn sample --num-samples` does. A
 choice alone in the batch produces exactly the text `charnn.load(run).generate(...)` gives
@@ -25,6 +27,9 @@ for the same settings and seed. Beside other streams its text is the same too, e
 BLAS kernels may round a step (or a shared priming pass) differently at a different batch
 size (differences of about 1e-8 in the logits), which changes a character only where two
 candidates are tied within that margin.
+
+Imports: torch, charnn.infer.sampling (sample_rows, StopFilter), charnn.models.lm (states),
+serve.jobs.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 
 from charnn.infer.sampling import StopFilter, sample_rows
 from charnn.models.lm import cat_states, select_state
+from charnn.serve.jobs import Job, Output, QueueFull, Sampling
 
 log = logging.getLogger("charnn.engine")
 
@@ -47,77 +53,6 @@ log = logging.getLogger("charnn.engine")
 # kernels fill a tensor serially; tests/test_server_engine.py checks it), at 1/NOISE_BLOCK of
 # the per-stream cost.
 NOISE_BLOCK = 32
-
-
-class QueueFull(Exception):
-    """The engine has no room for the request's streams: try again later."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How each choice of a request is generated. max_tokens counts characters."""
-
-    max_tokens: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class Output:
-    """A piece of one choice's text; `finish` is set on its last piece."""
-
-    index: int
-    text: str
-    finish: str | None = None  # "stop" | "length" | "error"
-
-
-class Job:
-    """The choices of one request, filled by the engine thread, read by the caller."""
-
-    def __init__(self, choices: int, prompt_chars: int, on_ready: Callable[[], None] | None) -> None:
-        self.choices = choices
-        self.prompt_chars = prompt_chars
-        self.generated = 0  # characters stepped for this job (its usage), all choices
-        self.error: str | None = None
-        self.ready = threading.Event()  # set while outputs wait to be taken
-        self._on_ready = on_ready
-        self._lock = threading.Lock()
-        self._items: list[Output] = []
-        self._open = choices
-        self.cancelled = False
-
-    @property
-    def finished(self) -> bool:
-        """Every choice has finished and everything was taken."""
-        with self._lock:
-            return self._open == 0 and not self._items
-
-    def take(self) -> list[Output]:
-        """The outputs produced since the last call, in order."""
-        with self._lock:
-            items, self._items = self._items, []
-            self.ready.clear()
-        return items
-
-    def cancel(self) -> None:
-        """Stop generating for this job; its rows leave the batch at the next step."""
-        self.cancelled = True
-
-    def _put(self, items: list[Output]) -> None:
-        with self._lock:
-            wake = not self._items  # wake the reader once, not for every piece it has not taken
-            self._items.extend(items)
-            self._open -= sum(o.finish is not None for o in items)
-            if wake:
-                self.ready.set()
-        if wake and self._on_ready is not None:
-            self._on_ready()
-
-    def _fail(self, message: str, open_indices: Sequence[int]) -> None:
-        self.error = message
-        self._put([Output(i, "", "error") for i in open_indices])
 
 
 @dataclass(eq=False)  # compared by identity: the primed tensors have no truth value
@@ -132,6 +67,11 @@ class _Group:
     priming: bool = False  # taken by the primer thread
     primed: tuple | None = None  # (logits (1, V) after the prompt, its state with batch 1)
 
+    @property
+    def indices(self) -> range:
+        """The job's choice indices of this group."""
+        return range(self.first_index, self.first_index + len(self.seeds))
+
 
 class _Stream:
     __slots__ = ("job", "index", "generator", "sampling", "stops", "produced", "greedy")
@@ -143,31 +83,131 @@ class _Stream:
         self.greedy = sampling.temperature == 0
 
 
+class _Batch:
+    """The streams being generated, one row each, touched only by the engine thread."""
+
+    def __init__(self, stepper, texts: list[str], banned: torch.Tensor) -> None:
+        self.stepper, self.texts, self.banned = stepper, texts, banned
+        self.device = stepper.device
+        self.generated = 0  # characters sampled since start, all streams
+        self.rows: list[_Stream] = []
+        self.logits: torch.Tensor | None = None  # (B, V) the next character's logits
+        self.state = None  # (layers, B, H) tensors
+        self.noise: torch.Tensor | None = None  # (B, NOISE_BLOCK, V) each stream's next draws
+        self.settings: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def admit(self, groups: list[_Group]) -> None:
+        """Add the rows of primed groups to the batch: each prompt's state and last logits fanned
+        out to its n choices, each choice with its own seeded generator."""
+        for g in groups:
+            logits, state = g.primed
+            fan = torch.zeros(len(g.seeds), dtype=torch.long, device=self.device)
+            logits = logits.index_select(0, fan)  # (n, V)
+            state = select_state(state, fan)  # (layers, n, H)
+            noise = torch.ones((len(fan), NOISE_BLOCK, logits.shape[-1]), device=self.device)
+            for i, seed in enumerate(g.seeds):
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(seed)
+                self.rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
+            if self.logits is None:
+                self.logits, self.state, self.noise = logits, state, noise
+            else:
+                self.logits = torch.cat([self.logits, logits])
+                self.state = cat_states([self.state, state])
+                self.noise = torch.cat([self.noise, noise])
+        self.settings = None
+
+    def step(self) -> None:
+        """Sample one character per row, hand out the text, drop finished rows, step the rest."""
+        rows = self.rows
+        if self.settings is None:
+            self.settings = (
+                torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=self.device),
+                torch.tensor([r.sampling.top_k for r in rows], dtype=torch.long, device=self.device),
+                torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=self.device),
+            )
+        logits = self.logits
+        if len(self.banned):
+            logits = logits.index_fill(-1, self.banned, float("-inf"))
+        for b, r in enumerate(rows):
+            if r.produced % NOISE_BLOCK == 0 and not r.greedy:  # refill: the next NOISE_BLOCK draws
+                self.noise[b].exponential_(generator=r.generator)
+        at = torch.tensor([r.produced % NOISE_BLOCK for r in rows], device=self.device)
+        noise = self.noise[torch.arange(len(rows), device=self.device), at]  # (B, V)
+        nxt = sample_rows(logits, *self.settings, noise)  # (B,)
+        self.generated += len(rows)
+
+        keep: list[int] = []
+        outputs: dict[Job, list[Output]] = {}
+        for b, (r, i) in enumerate(zip(rows, nxt.tolist())):
+            if r.job.cancelled:
+                continue
+            r.produced += 1
+            r.job.generated += 1
+            text = r.stops.feed(self.texts[i]) if r.sampling.stop else self.texts[i]
+            finish = None
+            if r.stops.stopped:
+                finish = "stop"
+            elif r.produced >= r.sampling.max_tokens:
+                text += r.stops.flush()
+                finish = "length"
+            if text or finish:
+                outputs.setdefault(r.job, []).append(Output(r.index, text, finish))
+            if finish is None:
+                keep.append(b)
+        for job, items in outputs.items():
+            job.put(items)
+
+        if not keep:
+            self.clear()
+            return
+        if len(keep) < len(rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+            nxt, self.state = nxt.index_select(0, idx), select_state(self.state, idx)
+            self.noise = self.noise.index_select(0, idx)
+            self.rows = [rows[b] for b in keep]
+            self.settings = None
+        self.logits, self.state = self.stepper.step(nxt, self.state)  # (B, V)
+
+    def clear(self) -> None:
+        self.rows, self.logits, self.state, self.noise, self.settings = [], None, None, None, None
+
+    def fail_all(self, message: str, admitting: list[_Group]) -> None:
+        """Finish every stream in the batch (and those being admitted) with an error."""
+        open_by_job: dict[Job, list[int]] = {}
+        for r in self.rows:
+            open_by_job.setdefault(r.job, []).append(r.index)
+        for g in admitting:
+            indices = open_by_job.setdefault(g.job, [])
+            for i in g.indices:
+                if i not in indices:
+                    indices.append(i)
+        for job, indices in open_by_job.items():
+            job.fail(message, indices)
+        self.clear()
+
+
 class Engine:
     """One model's batch of streams, stepped by one background thread."""
 
-    def __init__(self, model, max_batch: int = 64, max_queue: int = 256) -> None:
-        """`model` is a charnn.api.CharModel (what charnn.load returns)."""
-        self.lm = model.model  # primes prompts with its fused forward pass
-        self.stepper = model.stepper  # the fast one-step path (inference.make_stepper)
-        self.device = next(self.lm.parameters()).device
-        self.chars = list(model.vocab.chars) + [""] * len(model.vocab.specials)  # id -> text
-        self.banned = torch.as_tensor(model.banned, dtype=torch.long, device=self.device)
+    def __init__(
+        self, stepper, texts: Sequence[str], banned: Sequence[int] = (), max_batch: int = 64, max_queue: int = 256
+    ) -> None:
+        """`stepper`: `stepper(ids (B, P))` primes (the model's fused forward pass) and
+        `stepper.step(ids (B,), state)` steps (infer.steps.Stepper, a loaded run's `.stepper`);
+        `texts[i]`: the text of id i; `banned`: ids never sampled (special tokens)."""
+        self.stepper = stepper
+        self.device = stepper.device
+        banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=self.device)
+        self._batch = _Batch(stepper, list(texts), banned_ids)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._cond = threading.Condition()
         self._pending: collections.deque[_Group] = collections.deque()
         self._queued = 0  # streams in _pending
-        self._active = 0  # streams in the batch (mirrors len(self._rows) for other threads)
-        self.generated = 0  # characters sampled since start, all streams
+        self._active = 0  # streams in the batch (mirrors len(self._batch.rows) for other threads)
         self._closed = False
         self._thread: threading.Thread | None = None
         self._primer: threading.Thread | None = None
-        # The batch, touched only by the engine thread: one row per stream.
-        self._rows: list[_Stream] = []
-        self._logits: torch.Tensor | None = None  # (B, V) the next character's logits
-        self._state = None  # (layers, B, H) tensors
-        self._noise: torch.Tensor | None = None  # (B, NOISE_BLOCK, V) each stream's next draws
-        self._settings: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # --- the caller's side ----------------------------------------------------------------
     @property
@@ -177,6 +217,11 @@ class Engine:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def generated(self) -> int:
+        """Characters sampled since start, all streams."""
+        return self._batch.generated
 
     def start(self) -> Engine:
         if self._thread is None:
@@ -195,7 +240,7 @@ class Engine:
             if thread is not None:
                 thread.join()
         for g in self._pending:
-            g.job._fail("the server is shutting down", range(g.first_index, g.first_index + len(g.seeds)))
+            g.job.fail("the server is shutting down", g.indices)
         self._pending.clear()
         self._queued = 0
 
@@ -213,7 +258,7 @@ class Engine:
         """
         job = Job(len(prompts) * n, sum(len(p) for p in prompts), on_ready)
         if sampling.max_tokens == 0:
-            job._put([Output(i, "", "length") for i in range(job.choices)])
+            job.put([Output(i, "", "length") for i in range(job.choices)])
             return job
         groups = [_Group(job, list(p), k * n, [seed + i for i in range(n)], sampling)
                   for k, p in enumerate(prompts)]
@@ -236,29 +281,30 @@ class Engine:
 
     # --- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
+        batch = self._batch
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not (self._closed or self._rows or (self._pending and self._pending[0].primed)):
+                    while not (self._closed or batch.rows or (self._pending and self._pending[0].primed)):
                         self._cond.wait()
                     if self._closed:
                         break
                     admit = self._take_pending()
                 try:
                     if admit:
-                        self._admit(admit)
-                    if self._rows:
-                        self._step()
+                        batch.admit(admit)
+                    if batch.rows:
+                        batch.step()
                 except Exception as e:  # a bug or out of memory: fail the jobs, keep serving
                     log.exception("generation failed")
-                    self._fail_all(f"generation failed: {type(e).__name__}: {e}", admit)
+                    batch.fail_all(f"generation failed: {type(e).__name__}: {e}", admit)
                 with self._cond:
-                    self._active = len(self._rows)
-            self._fail_all("the server is shutting down", [])
+                    self._active = len(batch.rows)
+            batch.fail_all("the server is shutting down", [])
 
     def _take_pending(self) -> list[_Group]:
         """The primed groups at the head of the queue that fit in the batch, in order."""
-        admit, free = [], self.max_batch - len(self._rows)
+        admit, free = [], self.max_batch - len(self._batch.rows)
         while self._pending and self._pending[0].primed and len(self._pending[0].seeds) <= free:
             g = self._pending.popleft()
             self._queued -= len(g.seeds)
@@ -296,8 +342,7 @@ class Engine:
                                 self._pending.remove(g)
                                 self._queued -= len(g.seeds)
                     for g in todo:
-                        g.job._fail(f"generation failed: {type(e).__name__}: {e}",
-                                    range(g.first_index, g.first_index + len(g.seeds)))
+                        g.job.fail(f"generation failed: {type(e).__name__}: {e}", g.indices)
                     continue
                 with self._cond:
                     for g, result in zip(todo, primed):
@@ -310,7 +355,7 @@ class Engine:
     def _prime(self, groups: list[_Group]) -> list[tuple]:
         """Each group's logits after its prompt and the state there, one pass per prompt length.
 
-        As sample.generate does it: prompts of the same length that are waiting together share
+        As sampling.generate does it: prompts of the same length that are waiting together share
         the pass (a lone prompt is primed alone, B=1).
         """
         by_length: dict[int, list[int]] = {}
@@ -319,97 +364,8 @@ class Engine:
         out: list[tuple] = [None] * len(groups)
         for ks in by_length.values():
             ids = torch.tensor([groups[k].prompt for k in ks], dtype=torch.long, device=self.device)  # (k, P)
-            logits, state = self.lm(ids)  # (k, P, V)
+            logits, state = self.stepper(ids)  # (k, P, V)
             for row, k in enumerate(ks):
                 pick = torch.tensor([row], device=self.device)
                 out[k] = (logits[row : row + 1, -1], select_state(state, pick))
         return out
-
-    def _admit(self, groups: list[_Group]) -> None:
-        """Add the rows of primed groups to the batch: each prompt's state and last logits fanned
-        out to its n choices, each choice with its own seeded generator."""
-        for g in groups:
-            logits, state = g.primed
-            fan = torch.zeros(len(g.seeds), dtype=torch.long, device=self.device)
-            logits = logits.index_select(0, fan)  # (n, V)
-            state = select_state(state, fan)  # (layers, n, H)
-            noise = torch.ones((len(fan), NOISE_BLOCK, logits.shape[-1]), device=self.device)
-            for i, seed in enumerate(g.seeds):
-                gen = torch.Generator(device=self.device)
-                gen.manual_seed(seed)
-                self._rows.append(_Stream(g.job, g.first_index + i, gen, g.sampling))
-            if self._logits is None:
-                self._logits, self._state, self._noise = logits, state, noise
-            else:
-                self._logits = torch.cat([self._logits, logits])
-                self._state = cat_states([self._state, state])
-                self._noise = torch.cat([self._noise, noise])
-        self._settings = None
-
-    def _step(self) -> None:
-        rows = self._rows
-        if self._settings is None:
-            self._settings = (
-                torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=self.device),
-                torch.tensor([r.sampling.top_k for r in rows], dtype=torch.long, device=self.device),
-                torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=self.device),
-            )
-        logits = self._logits
-        if len(self.banned):
-            logits = logits.index_fill(-1, self.banned, float("-inf"))
-        for b, r in enumerate(rows):
-            if r.produced % NOISE_BLOCK == 0 and not r.greedy:  # refill: the next NOISE_BLOCK draws
-                self._noise[b].exponential_(generator=r.generator)
-        at = torch.tensor([r.produced % NOISE_BLOCK for r in rows], device=self.device)
-        noise = self._noise[torch.arange(len(rows), device=self.device), at]  # (B, V)
-        nxt = sample_rows(logits, *self._settings, noise)  # (B,)
-        self.generated += len(rows)
-
-        keep: list[int] = []
-        outputs: dict[Job, list[Output]] = {}
-        for b, (r, i) in enumerate(zip(rows, nxt.tolist())):
-            if r.job.cancelled:
-                continue
-            r.produced += 1
-            r.job.generated += 1
-            text = r.stops.feed(self.chars[i]) if r.sampling.stop else self.chars[i]
-            finish = None
-            if r.stops.stopped:
-                finish = "stop"
-            elif r.produced >= r.sampling.max_tokens:
-                text += r.stops.flush()
-                finish = "length"
-            if text or finish:
-                outputs.setdefault(r.job, []).append(Output(r.index, text, finish))
-            if finish is None:
-                keep.append(b)
-        for job, items in outputs.items():
-            job._put(items)
-
-        if not keep:
-            self._clear()
-            return
-        if len(keep) < len(rows):
-            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-            nxt, self._state = nxt.index_select(0, idx), select_state(self._state, idx)
-            self._noise = self._noise.index_select(0, idx)
-            self._rows = [rows[b] for b in keep]
-            self._settings = None
-        self._logits, self._state = self.stepper.step(nxt, self._state)  # (B, V)
-
-    def _clear(self) -> None:
-        self._rows, self._logits, self._state, self._noise, self._settings = [], None, None, None, None
-
-    def _fail_all(self, message: str, admitting: list[_Group]) -> None:
-        """Finish every stream in the batch (and those being admitted) with an error."""
-        open_by_job: dict[Job, list[int]] = {}
-        for r in self._rows:
-            open_by_job.setdefault(r.job, []).append(r.index)
-        for g in admitting:
-            indices = open_by_job.setdefault(g.job, [])
-            for i in range(g.first_index, g.first_index + len(g.seeds)):
-                if i not in indices:
-                    indices.append(i)
-        for job, indices in open_by_job.items():
-            job._fail(message, indices)
-        self._clear()

@@ -1,0 +1,81 @@
+"""What a caller hands the engine and what it reads back: Sampling in, a Job of Outputs out.
+
+A Job is one request's choices. The engine thread puts each choice's text into it piece by
+piece; the caller (the HTTP server, or any thread) takes what is ready with `Job.take()`,
+woken by the `on_ready` callback, and cancels the job when it stops listening. The lock
+makes put and take safe across the two threads; nothing else is shared.
+
+Imports: charnn.settings and charnn.infer.sampling (SampleConfig's defaults).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from charnn.infer.sampling import SampleConfig
+from charnn.settings import default_of
+
+
+class QueueFull(Exception):
+    """The engine has no room for the request's streams: try again later."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each choice of a request is generated. max_tokens counts characters; the sampling
+    settings default as SampleConfig's."""
+
+    max_tokens: int
+    temperature: float = default_of(SampleConfig, "temperature")
+    top_k: int = default_of(SampleConfig, "top_k")
+    top_p: float = default_of(SampleConfig, "top_p")
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Output:
+    """A piece of one choice's text; `finish` is set on its last piece."""
+
+    index: int
+    text: str
+    finish: str | None = None  # "stop" | "length" | "error"
+
+
+class Job:
+    """The choices of one request, filled by the engine thread, read by the caller."""
+
+    def __init__(self, choices: int, prompt_chars: int, on_ready: Callable[[], None] | None) -> None:
+        self.choices = choices
+        self.prompt_chars = prompt_chars
+        self.generated = 0  # characters stepped for this job (its usage), all choices
+        self.error: str | None = None
+        self._on_ready = on_ready
+        self._lock = threading.Lock()
+        self._items: list[Output] = []
+        self.cancelled = False
+
+    # --- the caller's side ----------------------------------------------------------------
+    def take(self) -> list[Output]:
+        """The outputs produced since the last call, in order."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def cancel(self) -> None:
+        """Stop generating for this job; its rows leave the batch at the next step."""
+        self.cancelled = True
+
+    # --- the engine's side ----------------------------------------------------------------
+    def put(self, items: list[Output]) -> None:
+        with self._lock:
+            wake = not self._items  # wake the reader once, not for every piece it has not taken
+            self._items.extend(items)
+        if wake and self._on_ready is not None:
+            self._on_ready()
+
+    def fail(self, message: str, open_indices: Sequence[int]) -> None:
+        """Finish the choices still open with an error."""
+        self.error = message
+        self.put([Output(i, "", "error") for i in open_indices])
