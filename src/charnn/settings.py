@@ -13,8 +13,10 @@ Bounds: `ge`/`gt`/`le`/`lt` (a non-finite number is always out of bounds), `choi
 tuple; for list settings every item must be one of them), `positive=True` for an integer that
 must be >= 1. `note` names the sentinel ("0 = off") and appears in both the help and the
 message. `shown` replaces the default as `--help` shows it, where the default is not the
-whole story (`--max-time`: 150 s when no other stopping flag is given). `flag=False` keeps a
-field out of the command line (it is set from elsewhere).
+whole story (`--max-time`: 150 s when no other stopping flag is given); `shown=""` leaves the
+default out where the help already says what happens without the flag. `repeat=True` makes a
+list setting a flag given once per item (`--stop A --stop B`). `flag=False` keeps a field out
+of the command line (it is set from elsewhere).
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ def setting(
     positive: bool = False,
     shown: str | None = None,
     metavar: str | None = None,
+    repeat: bool = False,
     flag: bool = True,
 ) -> Any:
     """A dataclass field with everything its flag, its check and its API default need."""
     meta = {
         "help": help, "choices": tuple(choices) if choices is not None else None, "note": note,
         "ge": ge, "gt": gt, "le": le, "lt": lt, "positive": positive, "shown": shown,
-        "metavar": metavar, "flag": flag,
+        "metavar": metavar, "repeat": repeat, "flag": flag,
     }
     if isinstance(default, list):
         items = list(default)
@@ -103,6 +106,10 @@ def help_of(cls, name: str) -> str:
     f = {f.name: f for f in fields(cls)}[name]
     m = meta(f)
     text = m["help"] + (f", {m['note']}" if m["note"] else "")
+    if m["repeat"]:
+        return f"{text} (repeatable)"
+    if m["shown"] == "":
+        return text
     shown = m["shown"] if m["shown"] is not None else _show(default_of(cls, name))
     return f"{text} (default: {shown})"
 
@@ -124,6 +131,8 @@ def add_flags(group, cls, names: list[str] | None = None, *, skip: tuple[str, ..
         t = _type_of(f)
         if t == "bool":
             kw["action"] = "store_true"
+        elif m["repeat"]:
+            kw["action"] = "append"
         elif t.startswith("list["):
             item = t[5:-1]
             cast = {"int": int, "float": float}.get(item, str)
