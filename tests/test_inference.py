@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import charnn
-from charnn.infer.steps import FusedStep, make_stepper, onnx_available, step_module
+from charnn.infer.onnx import onnx_available
+from charnn.infer.steps import FusedStep, make_stepper, step_module
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import state_tensors
 
@@ -102,7 +103,7 @@ def test_export_cli_parity_int8_cost_and_auto_pickup(capsys, tiny_run, tmp_path)
 
 @pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 def test_stale_or_broken_export_is_replaced(tiny_run, tmp_path):
-    from charnn.infer.steps import onnx_digest
+    from charnn.infer.onnx import onnx_digest
 
     run = copy_run(tiny_run, tmp_path / "run")
     (run / "step.onnx").write_bytes(b"not an onnx model")

@@ -295,26 +295,21 @@ def _cmd_prepare(args) -> int:
 
 # --- export -----------------------------------------------------------------------------------
 def _add_export(sub) -> None:
+    from charnn.infer.export import ExportConfig
+
     p = sub.add_parser("export", help="export a run's one-step function (ONNX)",
                        description="Export the one-step function (ids, state -> logits, state) of a run's best "
                                    "weights, and check it against PyTorch.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8 = dynamically quantised weights (default: none)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="output file (default: RUN_DIR/step.onnx or step-int8.onnx, where charnn sample finds it)")
-    p.add_argument("--check-chars", type=int, default=20000,
-                   help="validation characters scored through both paths to report the bpc cost, 0 = skip (default: 20000)")
+    add_flags(p, ExportConfig)
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
-    from charnn.infer.export import export_run
+    from charnn.infer.export import ExportConfig, export_run
 
-    if args.check_chars < 0:
-        raise CharnnError(f"--check-chars must be >= 0, got {args.check_chars}")
-    r = export_run(args.run_dir, args.format, args.quantize, args.out, args.check_chars)
+    config = ExportConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    r = export_run(args.run_dir, config)
     print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB); max |logit difference| vs PyTorch over "
           f"{r.steps} steps: {r.max_logit_diff:.2e}")
     if r.bpc_torch is not None:

@@ -26,9 +26,9 @@ class CharModel:
     def __init__(self, loaded: checkpoint.LoadedRun, backend: str = "auto", quantize: str = "none") -> None:
         self.run_dir = loaded.files.path
         self.model = loaded.model
-        self.stepper = make_stepper(
-            loaded.model, backend, quantize, run_dir=self.run_dir, digest=loaded.info.get("sha256", "")
-        )
+        # An ONNX export made for these weights is cached in the run directory.
+        cache = checkpoint.onnx_path(self.run_dir, quantize)
+        self.stepper = make_stepper(loaded.model, backend, quantize, cache, loaded.info.get("sha256", ""))
         self.vocab = loaded.files.vocab
         self.config = loaded.files.model_config
         self.info = loaded.info
