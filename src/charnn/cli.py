@@ -213,48 +213,22 @@ def _cmd_sample(args) -> int:
 
 # --- eval -------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
-    from charnn.data.corpus import ERROR_POLICIES
-    from charnn.data.vocab import UNKNOWN_POLICIES
-    from charnn.evaluate import PROTOCOLS
+    from charnn.evaluate import EvalConfig
 
     p = sub.add_parser("eval", help="loss, bits per character and perplexity of a run",
                        description="Score a run's best weights on its validation split or on a text file.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--text", metavar="FILE", default=None, help="score this file instead of the validation split")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="stateful",
-                   help="stateful: one pass carrying the state; windows: 256-character windows from a fresh state (default: stateful)")
-    p.add_argument("--window", type=int, default=256, help="windows protocol: characters per window (default: 256)")
-    p.add_argument("--streams", type=int, default=1, help="stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass (default: 1)")
-    p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
-    p.add_argument("--encoding", default="utf-8", help="encoding of --text (default: utf-8)")
-    p.add_argument("--errors", choices=ERROR_POLICIES, default="strict", help="bytes invalid in --encoding (default: strict)")
+    add_flags(p, EvalConfig, ["text", "protocol", "window", "streams", "unknown", "encoding", "errors"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_flags(p, EvalConfig, ["device"])
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
-    from charnn.data.corpus import read_corpus
-    from charnn.evaluate import evaluate_ids, validation_ids
-    from charnn.infer.model import load
+    from charnn.evaluate import EvalConfig, evaluate_run
 
-    problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
-                for name in ("streams", "window") if getattr(args, name) < 1]
-    if problems:
-        raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device)
-    if args.text is not None:
-        from charnn.checkpoint import read_run
-
-        # A transliterated run scores text transliterated the same way.
-        how = read_run(args.run_dir).train.get("transliterate", "none")
-        text, what = read_corpus([args.text], args.encoding, args.errors, how).text, args.text
-        ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
-    else:
-        from charnn.checkpoint import read_run
-
-        ids, what = validation_ids(read_run(args.run_dir)), "validation split"
-    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams, window=args.window)
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir", "json")})
+    result, what = evaluate_run(args.run_dir, config)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:

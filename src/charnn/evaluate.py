@@ -7,18 +7,26 @@
   is the exact single pass.
 - windows: contiguous, non-overlapping windows of 256 characters, a fresh state for each,
   every position scored (comparable with nanoGPT's reported validation loss).
+
+`charnn eval` is `evaluate_run` (at the end): its settings are `EvalConfig`. May import errors,
+settings, data, models and checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from charnn.errors import CharnnError
+from charnn import checkpoint
+from charnn.data.corpus import ERROR_POLICIES, read_corpus
+from charnn.data.vocab import UNKNOWN_POLICIES
+from charnn.errors import CharnnError, check_all
 from charnn.models.lm import char_loss
+from charnn.settings import field_problems, setting
 
 PROTOCOLS = ("stateful", "windows")
 WINDOW = 256
@@ -117,9 +125,8 @@ def evaluate_ids(
     batch_size: int = 64,
     window: int = WINDOW,
 ) -> EvalResult:
-    """Score the ids (a 1-D array or tensor) with the model under `protocol`."""
-    if protocol not in PROTOCOLS:
-        raise CharnnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    """Score the ids (a 1-D array or tensor) with the model under `protocol` (one of PROTOCOLS:
+    the caller's settings checked it)."""
     ids = _as_array(ids)
     if len(ids) < 2:
         raise CharnnError("the evaluation text needs at least 2 characters (one to score)")
@@ -129,8 +136,10 @@ def evaluate_ids(
     try:
         if protocol == "windows":
             total, chars = _windows(model, ids, batch_size, device, window)
-        else:
+        elif protocol == "stateful":
             total, chars = _stateful(model, ids, chunk, streams, warmup, device), len(ids) - 1
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}")
     finally:
         model.train(was_training)
     return EvalResult.from_sum(total, chars, protocol)
@@ -206,3 +215,46 @@ def evaluate_steps(stepper, ids, streams: int = 16) -> EvalResult:
         logits, state = stepper.step(x[:, t], state)
         total += float(torch.nn.functional.cross_entropy(logits.float(), y[:, t], reduction="sum"))
     return EvalResult.from_sum(total, streams * n, "stateful")
+
+
+# --- charnn eval ------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    """The settings of `charnn eval`: which text, which protocol, how the text is read."""
+
+    text: str | None = setting(None, "score this file instead of the validation split", shown="", metavar="FILE")
+    protocol: str = setting("stateful", "stateful: one pass carrying the state; windows: 256-character windows "
+                            "from a fresh state", choices=PROTOCOLS)
+    streams: int = setting(1, "stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass",
+                           positive=True)
+    window: int = setting(WINDOW, "windows protocol: characters per window", positive=True)
+    unknown: str = setting("error", "characters outside the vocabulary: error, skip or replace with <unk>",
+                           choices=UNKNOWN_POLICIES)
+    # The same defaults as the training corpus's --encoding and --errors (TrainConfig).
+    encoding: str = setting("utf-8", "encoding of --text")
+    errors: str = setting("strict", "bytes invalid in --encoding", choices=ERROR_POLICIES)
+    device: str = setting("cpu", "torch device")
+
+    def problems(self) -> list[str]:
+        return field_problems(self)
+
+
+def evaluate_run(run_dir: str | Path, config: EvalConfig) -> tuple[EvalResult, str]:
+    """`charnn eval`: a run's best weights scored on `config.text` or on its validation split.
+
+    Returns the result and what was scored (the file's name, or "validation split"). The run
+    directory is read once, and only its model is built (no sampling path).
+    """
+    check_all(config.problems())
+    loaded = checkpoint.load_run(run_dir, config.device)
+    files = loaded.files
+    if config.text is not None:
+        # A transliterated run scores text transliterated the same way.
+        how = files.train.get("transliterate", "none")
+        text = read_corpus([config.text], config.encoding, config.errors, how).text
+        what = config.text
+        ids = files.vocab.encode(text, config.unknown, what=f"the evaluation text ({what})")
+    else:
+        ids, what = validation_ids(files), "validation split"
+    result = evaluate_ids(loaded.model, ids, config.protocol, streams=config.streams, window=config.window)
+    return result, what
