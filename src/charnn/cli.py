@@ -156,25 +156,13 @@ def _cmd_train(args) -> int:
 
 # --- sample -----------------------------------------------------------------------------------
 def _add_sample(sub) -> None:
-    from charnn.data.vocab import UNKNOWN_POLICIES
+    from charnn.infer.model import SampleCommand
 
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text from a run's best weights, streamed as it is generated.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--prime", default="", help="text to start from; it is printed first (default: none)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate per sample (default: 500)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample only from the K most likely characters, 0 = off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of characters with probability >= P, 1 = off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text (default: random, printed on stderr)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples to generate, sample i with seed + i (default: 1)")
-    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop a sample before this string (repeatable)")
-    p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="prime characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="sampling engine: auto = ONNX Runtime when the run has an export (charnn export; same numbers, faster), else torch (default: auto)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8 = dynamically quantised weights: faster, slightly lower quality (default: none)")
+    add_flags(p, SampleCommand, ["prime", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stop",
+                                 "unknown", "device", "backend", "quantize"])
     p.set_defaults(func=_cmd_sample)
 
 
@@ -185,28 +173,17 @@ def _write_stream(pieces) -> None:
 
 
 def _cmd_sample(args) -> int:
-    from charnn.infer.model import load
-    from charnn.infer.sampling import sampling_problems
+    from charnn.infer.model import SampleCommand, sample_run
 
-    problems = sampling_problems(args.temperature, args.top_k, args.top_p)
-    if args.length < 0:
-        problems.append(f"--length must be >= 0, got {args.length}")
-    if args.num_samples < 1:
-        problems.append(f"--num-samples must be a positive integer, got {args.num_samples}")
-    if problems:
-        raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device, args.backend, args.quantize)
-    model.prime_ids(args.prime, args.unknown)  # report unknown characters before printing anything
-    seed = args.seed
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") >> 1
-        print(f"(seed {seed})", file=sys.stderr)
-    for i in range(args.num_samples):
+    config = SampleCommand(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    samples = sample_run(args.run_dir, config)
+    if config.seed is None:
+        print(f"(seed {samples.seed})", file=sys.stderr)
+    for i, pieces in enumerate(samples):
         if i:
             print("\n" + "-" * 40)
-        sys.stdout.write(args.prime)
-        _write_stream(model.stream(args.prime, args.length, args.temperature, args.top_k, args.top_p,
-                                   seed + i, args.stop, args.unknown))
+        sys.stdout.write(config.prime)
+        _write_stream(pieces)
     print()
     return 0
 

@@ -224,12 +224,9 @@ def make_stepper(
     auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
     step with less overhead per call), else the torch fast path. quantize="int8" needs ONNX
     Runtime. An export made here for the weights `digest` is written to `cache` for the next
-    load.
+    load. `backend` and `quantize` are among BACKENDS and QUANTIZE (the caller's settings
+    checked them).
     """
-    if backend not in BACKENDS:
-        raise CharnnError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if quantize not in QUANTIZE:
-        raise CharnnError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     on_cpu = next(lm.parameters()).device.type == "cpu"
     if backend == "auto":
         exported = cache is not None and cache.is_file() and onnx_available()
