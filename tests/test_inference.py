@@ -110,3 +110,18 @@ def test_stale_or_broken_export_is_replaced(tiny_run, tmp_path):
     m = charnn.load(run, backend="onnx")  # re-exported: the file did not match the weights
     assert onnx_digest((run / "step.onnx").read_bytes()) == m.info["sha256"]
     assert len(m.generate("R", 10)) == 10
+
+
+def test_export_flags_are_the_settings_of_export_config():
+    import argparse
+    from dataclasses import fields
+
+    from charnn.infer.export import ExportConfig
+    from charnn.settings import help_of
+    from test_sample import subcommand
+
+    options = [a for a in subcommand("export")._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} == {f.name for f in fields(ExportConfig)}
+    for a in options:
+        assert a.default is argparse.SUPPRESS
+        assert a.help == help_of(ExportConfig, a.dest)
