@@ -20,8 +20,9 @@ import torch
 import charnn
 from charnn.checkpoint import read_run
 from charnn.evaluate import evaluate_steps, validation_text
+from charnn.infer.onnx import onnx_available
 from charnn.infer.sampling import generate
-from charnn.infer.steps import Stepper, make_stepper, onnx_available
+from charnn.infer.steps import Stepper, make_stepper
 from common import append_section, table
 
 

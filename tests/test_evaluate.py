@@ -40,3 +40,39 @@ def test_windows_scores_each_window_from_a_fresh_state():
         logits, _ = m(w[None, :-1])
         total += torch.nn.functional.cross_entropy(logits[0], w[1:], reduction="sum").item()
     assert r.loss == pytest.approx(total / (3 * WINDOW), rel=1e-5)
+
+
+def test_eval_flags_are_the_settings_of_eval_config():
+    import argparse
+    from dataclasses import fields
+
+    from charnn.infer.evalrun import EvalConfig
+    from charnn.settings import help_of
+    from test_sample import subcommand
+
+    options = [a for a in subcommand("eval")._actions if a.option_strings and a.dest not in ("help", "json")]
+    assert {a.dest for a in options} == {f.name for f in fields(EvalConfig)}
+    for a in options:
+        assert a.default is argparse.SUPPRESS
+        assert a.help == help_of(EvalConfig, a.dest)
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_eval_reads_the_run_once_and_builds_no_sampler(capsys, tiny_run, tmp_path, monkeypatch, text):
+    import json
+
+    from charnn import checkpoint
+    from charnn.cli import main
+    from charnn.infer import steps
+
+    reads = []
+    read_run = checkpoint.read_run
+    monkeypatch.setattr(checkpoint, "read_run", lambda run_dir: reads.append(run_dir) or read_run(run_dir))
+    monkeypatch.setattr(steps, "make_stepper", lambda *a, **k: pytest.fail("eval built a sampling stepper"))
+    argv = ["eval", str(tiny_run), "--json"]
+    if text:
+        (tmp_path / "t.txt").write_text("ROMEO: naïve one?\n" * 3)
+        argv += ["--text", str(tmp_path / "t.txt")]
+    assert main(argv) == 0
+    assert len(reads) == 1
+    assert json.loads(capsys.readouterr().out)["text"] == (str(tmp_path / "t.txt") if text else "validation split")

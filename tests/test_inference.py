@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import charnn
-from charnn.infer.steps import FusedStep, make_stepper, onnx_available, step_module
+from charnn.infer.onnx import onnx_available
+from charnn.infer.steps import FusedStep, make_stepper, step_module
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import state_tensors
 
@@ -102,10 +103,25 @@ def test_export_cli_parity_int8_cost_and_auto_pickup(capsys, tiny_run, tmp_path)
 
 @pytest.mark.skipif(not onnx_available(), reason="onnxruntime not installed")
 def test_stale_or_broken_export_is_replaced(tiny_run, tmp_path):
-    from charnn.infer.steps import onnx_digest
+    from charnn.infer.onnx import onnx_digest
 
     run = copy_run(tiny_run, tmp_path / "run")
     (run / "step.onnx").write_bytes(b"not an onnx model")
     m = charnn.load(run, backend="onnx")  # re-exported: the file did not match the weights
     assert onnx_digest((run / "step.onnx").read_bytes()) == m.info["sha256"]
     assert len(m.generate("R", 10)) == 10
+
+
+def test_export_flags_are_the_settings_of_export_config():
+    import argparse
+    from dataclasses import fields
+
+    from charnn.infer.export import ExportConfig
+    from charnn.settings import help_of
+    from test_sample import subcommand
+
+    options = [a for a in subcommand("export")._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} == {f.name for f in fields(ExportConfig)}
+    for a in options:
+        assert a.default is argparse.SUPPRESS
+        assert a.help == help_of(ExportConfig, a.dest)

@@ -95,3 +95,69 @@ def test_sample_next_draws_what_torch_multinomial_draws():
         probs = torch.softmax(logits / 0.7, dim=-1)
         theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).squeeze(-1)
         assert torch.equal(ours, theirs)
+
+
+def subcommand(name):
+    import argparse
+
+    from charnn.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def test_sample_flags_are_the_settings_of_sample_command():
+    import argparse
+    from dataclasses import fields
+
+    from charnn.infer.model import SampleCommand
+    from charnn.settings import help_of
+
+    options = [a for a in subcommand("sample")._actions if a.option_strings and a.dest != "help"]
+    assert {a.dest for a in options} == {f.name for f in fields(SampleCommand)}
+    for a in options:
+        # No default of its own: a flag not given leaves SampleCommand's default.
+        assert a.default is argparse.SUPPRESS
+        assert a.help == help_of(SampleCommand, a.dest)
+
+
+def test_api_defaults_are_sample_config_defaults(tiny_run):
+    import inspect
+
+    from charnn.infer.sampling import SampleConfig
+    from charnn.settings import defaults
+
+    d = defaults(SampleConfig)
+    for fn in (generate, sample_next):
+        for name, p in inspect.signature(fn).parameters.items():
+            if name in d and p.default is not p.empty:  # generate's length is required
+                assert p.default == d[name], (fn.__name__, name)
+    m = charnn.load(tiny_run)
+    # Positionally in SampleConfig's order, as before: length, temperature, top_k, top_p, seed.
+    assert m.generate("R", 30) == m.generate("R", 30, d["temperature"], d["top_k"], d["top_p"], d["seed"])
+    assert m.generate("R", 30, 0.9, 5, 0.9, 4) == m.generate("R", length=30, temperature=0.9, top_k=5,
+                                                           top_p=0.9, seed=4)
+
+
+def test_sample_command_checks_once_and_encodes_the_prime_once(capsys, tiny_run, monkeypatch):
+    from charnn.cli import main
+    from charnn.data.vocab import Vocab
+    from charnn.infer.model import SampleCommand
+
+    calls = {"encode": 0, "problems": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(Vocab, "encode", counted("encode", Vocab.encode))
+    monkeypatch.setattr(SampleCommand, "problems", counted("problems", SampleCommand.problems))
+    argv = ["sample", str(tiny_run), "--prime", "RO", "--length", "20", "--seed", "1", "--num-samples", "3",
+            "--stop", "zz", "--stop", "yy"]
+    assert main(argv) == 0
+    assert calls == {"encode": 1, "problems": 1}
+    out = capsys.readouterr().out
+    assert out.count("RO") >= 3 and out.count("-" * 40) == 2

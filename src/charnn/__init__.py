@@ -3,7 +3,7 @@
     import charnn
     summary = charnn.train(corpus=["input.txt"], max_time=120, out="runs/mine")
     model = charnn.load("runs/mine")
-    print(model.generate("ROMEO:", length=200, temperature=0.8, seed=1))
+    print(model.generate("ROMEO:", length=200, temperature=0.8, seed=1))  # settings: charnn.SampleConfig
     print(model.evaluate(open("other.txt").read()).bpc)
 """
 
@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from charnn.data.vocab import Vocab  # noqa: E402
 from charnn.errors import CharnnError  # noqa: E402
 from charnn.infer.model import CharModel, load  # noqa: E402
+from charnn.infer.sampling import SampleConfig  # noqa: E402
 from charnn.models import ModelConfig, build_model  # noqa: E402
 from charnn.train.loop import Summary, TrainConfig, train  # noqa: E402
 
@@ -19,6 +20,7 @@ __all__ = [
     "CharModel",
     "CharnnError",
     "ModelConfig",
+    "SampleConfig",
     "Summary",
     "TrainConfig",
     "Vocab",

@@ -199,10 +199,6 @@ class LoadedRun:
     model: CharLM
     info: dict  # what the weights file says of itself: step, val_loss, ...
 
-    @property
-    def vocab(self) -> Vocab:
-        return self.files.vocab
-
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """The model of a run (best weights), for sampling, evaluation, serving and export."""

@@ -156,25 +156,13 @@ def _cmd_train(args) -> int:
 
 # --- sample -----------------------------------------------------------------------------------
 def _add_sample(sub) -> None:
-    from charnn.data.vocab import UNKNOWN_POLICIES
+    from charnn.infer.model import SampleCommand
 
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text from a run's best weights, streamed as it is generated.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--prime", default="", help="text to start from; it is printed first (default: none)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate per sample (default: 500)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, 0 = greedy (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample only from the K most likely characters, 0 = off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set of characters with probability >= P, 1 = off (default: 1.0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed; the same seed gives the same text (default: random, printed on stderr)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples to generate, sample i with seed + i (default: 1)")
-    p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop a sample before this string (repeatable)")
-    p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="prime characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="sampling engine: auto = ONNX Runtime when the run has an export (charnn export; same numbers, faster), else torch (default: auto)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8 = dynamically quantised weights: faster, slightly lower quality (default: none)")
+    add_flags(p, SampleCommand, ["prime", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stop",
+                                 "unknown", "device", "backend", "quantize"])
     p.set_defaults(func=_cmd_sample)
 
 
@@ -185,76 +173,39 @@ def _write_stream(pieces) -> None:
 
 
 def _cmd_sample(args) -> int:
-    from charnn.infer.model import load
-    from charnn.infer.sampling import sampling_problems
+    from charnn.infer.model import SampleCommand, sample_run
 
-    problems = sampling_problems(args.temperature, args.top_k, args.top_p)
-    if args.length < 0:
-        problems.append(f"--length must be >= 0, got {args.length}")
-    if args.num_samples < 1:
-        problems.append(f"--num-samples must be a positive integer, got {args.num_samples}")
-    if problems:
-        raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device, args.backend, args.quantize)
-    model.prime_ids(args.prime, args.unknown)  # report unknown characters before printing anything
-    seed = args.seed
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little") >> 1
-        print(f"(seed {seed})", file=sys.stderr)
-    for i in range(args.num_samples):
+    config = SampleCommand(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    samples = sample_run(args.run_dir, config)
+    if config.seed is None:
+        print(f"(seed {samples.seed})", file=sys.stderr)
+    for i, pieces in enumerate(samples):
         if i:
             print("\n" + "-" * 40)
-        sys.stdout.write(args.prime)
-        _write_stream(model.stream(args.prime, args.length, args.temperature, args.top_k, args.top_p,
-                                   seed + i, args.stop, args.unknown))
+        sys.stdout.write(config.prime)
+        _write_stream(pieces)
     print()
     return 0
 
 
 # --- eval -------------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
-    from charnn.data.corpus import ERROR_POLICIES
-    from charnn.data.vocab import UNKNOWN_POLICIES
-    from charnn.evaluate import PROTOCOLS
+    from charnn.infer.evalrun import EvalConfig
 
     p = sub.add_parser("eval", help="loss, bits per character and perplexity of a run",
                        description="Score a run's best weights on its validation split or on a text file.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--text", metavar="FILE", default=None, help="score this file instead of the validation split")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="stateful",
-                   help="stateful: one pass carrying the state; windows: 256-character windows from a fresh state (default: stateful)")
-    p.add_argument("--window", type=int, default=256, help="windows protocol: characters per window (default: 256)")
-    p.add_argument("--streams", type=int, default=1, help="stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass (default: 1)")
-    p.add_argument("--unknown", choices=UNKNOWN_POLICIES, default="error", help="characters outside the vocabulary: error, skip or replace with <unk> (default: error)")
-    p.add_argument("--encoding", default="utf-8", help="encoding of --text (default: utf-8)")
-    p.add_argument("--errors", choices=ERROR_POLICIES, default="strict", help="bytes invalid in --encoding (default: strict)")
+    add_flags(p, EvalConfig, ["text", "protocol", "window", "streams", "unknown", "encoding", "errors"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_flags(p, EvalConfig, ["device"])
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
-    from charnn.data.corpus import read_corpus
-    from charnn.evaluate import evaluate_ids, validation_ids
-    from charnn.infer.model import load
+    from charnn.infer.evalrun import EvalConfig, evaluate_run
 
-    problems = [f"--{name} must be a positive integer, got {getattr(args, name)}"
-                for name in ("streams", "window") if getattr(args, name) < 1]
-    if problems:
-        raise CharnnError("; ".join(problems))
-    model = load(args.run_dir, args.device)
-    if args.text is not None:
-        from charnn.checkpoint import read_run
-
-        # A transliterated run scores text transliterated the same way.
-        how = read_run(args.run_dir).train.get("transliterate", "none")
-        text, what = read_corpus([args.text], args.encoding, args.errors, how).text, args.text
-        ids = model.vocab.encode(text, args.unknown, what=f"the evaluation text ({what})")
-    else:
-        from charnn.checkpoint import read_run
-
-        ids, what = validation_ids(read_run(args.run_dir)), "validation split"
-    result = evaluate_ids(model.model, ids, args.protocol, streams=args.streams, window=args.window)
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir", "json")})
+    result, what = evaluate_run(args.run_dir, config)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:
@@ -295,26 +246,21 @@ def _cmd_prepare(args) -> int:
 
 # --- export -----------------------------------------------------------------------------------
 def _add_export(sub) -> None:
+    from charnn.infer.export import ExportConfig
+
     p = sub.add_parser("export", help="export a run's one-step function (ONNX)",
                        description="Export the one-step function (ids, state -> logits, state) of a run's best "
                                    "weights, and check it against PyTorch.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8 = dynamically quantised weights (default: none)")
-    p.add_argument("--out", default=None, metavar="FILE",
-                   help="output file (default: RUN_DIR/step.onnx or step-int8.onnx, where charnn sample finds it)")
-    p.add_argument("--check-chars", type=int, default=20000,
-                   help="validation characters scored through both paths to report the bpc cost, 0 = skip (default: 20000)")
+    add_flags(p, ExportConfig)
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
-    from charnn.infer.export import export_run
+    from charnn.infer.export import ExportConfig, export_run
 
-    if args.check_chars < 0:
-        raise CharnnError(f"--check-chars must be >= 0, got {args.check_chars}")
-    r = export_run(args.run_dir, args.format, args.quantize, args.out, args.check_chars)
+    config = ExportConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    r = export_run(args.run_dir, config)
     print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB); max |logit difference| vs PyTorch over "
           f"{r.steps} steps: {r.max_logit_diff:.2e}")
     if r.bpc_torch is not None:

@@ -7,6 +7,9 @@
   is the exact single pass.
 - windows: contiguous, non-overlapping windows of 256 characters, a fresh state for each,
   every position scored (comparable with nanoGPT's reported validation loss).
+
+`charnn eval` itself (its settings and the run directory) is infer/evalrun.py. May import
+errors, data and models.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from charnn.data.corpus import read_corpus
 from charnn.errors import CharnnError
 from charnn.models.lm import char_loss
 
@@ -117,9 +121,8 @@ def evaluate_ids(
     batch_size: int = 64,
     window: int = WINDOW,
 ) -> EvalResult:
-    """Score the ids (a 1-D array or tensor) with the model under `protocol`."""
-    if protocol not in PROTOCOLS:
-        raise CharnnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    """Score the ids (a 1-D array or tensor) with the model under `protocol` (one of PROTOCOLS:
+    the caller's settings checked it)."""
     ids = _as_array(ids)
     if len(ids) < 2:
         raise CharnnError("the evaluation text needs at least 2 characters (one to score)")
@@ -129,8 +132,10 @@ def evaluate_ids(
     try:
         if protocol == "windows":
             total, chars = _windows(model, ids, batch_size, device, window)
-        else:
+        elif protocol == "stateful":
             total, chars = _stateful(model, ids, chunk, streams, warmup, device), len(ids) - 1
+        else:
+            raise ValueError(f"unknown protocol {protocol!r}")
     finally:
         model.train(was_training)
     return EvalResult.from_sum(total, chars, protocol)
@@ -161,7 +166,7 @@ def validation_ids(files):
 
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
-    from charnn.data.corpus import read_corpus, split_text, text_digest
+    from charnn.data.corpus import split_text, text_digest
     from charnn.data.prepare import find_prepared
 
     train = files.train

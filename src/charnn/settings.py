@@ -15,9 +15,11 @@ must be >= 1. `note` names the sentinel ("0 = off") and appears in both the help
 message. A `list[int]`, `list[float]` or `list[str]` setting is one comma-separated flag
 (`--hidden 4,8,16`); `items` names its items where the flag does not parse ("must be a
 comma-separated list of core names, got ''"; by default "positive integers", "integers",
-"numbers" or "names"). `shown` replaces the default as `--help` shows it, where the default
-is not the whole story (`--max-time`: 150 s when no other stopping flag is given).
-`flag=False` keeps a field out of the command line (it is set from elsewhere).
+"numbers" or "names"); `repeat=True` makes it a flag given once per item instead (`--stop A
+--stop B`). `shown` replaces the default as `--help` shows it, where the default is not the
+whole story (`--max-time`: 150 s when no other stopping flag is given); `shown=""` leaves the
+default out where the help already says what happens without the flag. `flag=False` keeps a
+field out of the command line (it is set from elsewhere).
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ def setting(
     shown: str | None = None,
     metavar: str | None = None,
     items: str | None = None,
+    repeat: bool = False,
     flag: bool = True,
 ) -> Any:
     """A dataclass field with everything its flag, its check and its API default need."""
     meta = {
         "help": help, "choices": tuple(choices) if choices is not None else None, "note": note,
         "ge": ge, "gt": gt, "le": le, "lt": lt, "positive": positive, "shown": shown,
-        "metavar": metavar, "items": items, "flag": flag,
+        "metavar": metavar, "items": items, "repeat": repeat, "flag": flag,
     }
     if isinstance(default, list):  # each instance gets its own copy
         values = list(default)
@@ -126,6 +129,10 @@ def help_of(cls, name: str) -> str:
     f = {f.name: f for f in fields(cls)}[name]
     m = meta(f)
     text = m["help"] + (f", {m['note']}" if m["note"] else "")
+    if m["repeat"]:
+        return f"{text} (repeatable)"
+    if m["shown"] == "":
+        return text
     shown = m["shown"] if m["shown"] is not None else _show(default_of(cls, name))
     return f"{text} (default: {shown})"
 
@@ -147,6 +154,8 @@ def add_flags(group, cls, names: list[str] | None = None, *, skip: tuple[str, ..
         t = _type_of(f)
         if t == "bool":
             kw["action"] = "store_true"
+        elif m["repeat"]:
+            kw["action"] = "append"
         elif t.startswith("list["):
             item = t[5:-1]
             kw["type"] = _list_parser({"int": int, "float": float}.get(item, str), _items(m, item))

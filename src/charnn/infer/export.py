@@ -3,7 +3,8 @@
 The exported graph maps (ids (B,), *state) to (logits (B, V), *state) with a dynamic batch,
 so any ONNX runtime can sample from the model: prime by stepping through the prompt, then
 feed each sampled id back. `charnn sample` picks the export up automatically (it lives in
-the run directory and records the SHA-256 of the weights it was made from).
+the run directory and records the SHA-256 of the weights it was made from). May import
+errors, files, settings, checkpoint, evaluate and the rest of infer.
 """
 
 from __future__ import annotations
@@ -15,12 +16,30 @@ import numpy as np
 import torch
 
 from charnn import checkpoint
-from charnn.errors import CharnnError
+from charnn.errors import CharnnError, check_all
 from charnn.evaluate import evaluate_steps, validation_ids
 from charnn.files import atomic_write
-from charnn.infer.steps import Stepper, _need_onnx, _session, export_step_onnx
+from charnn.infer.onnx import onnx_session, require_onnx
+from charnn.infer.steps import QUANTIZE, Stepper, export_step_onnx
+from charnn.settings import field_problems, setting
 
 FORMATS = ("onnx",)
+
+
+@dataclass
+class ExportConfig:
+    """The settings of `charnn export`."""
+
+    format: str = setting("onnx", "export format", choices=FORMATS)
+    quantize: str = setting("none", "int8 = dynamically quantised weights", choices=QUANTIZE)
+    out: str | None = setting(None, "output file", metavar="FILE",
+                              shown="RUN_DIR/step.onnx or step-int8.onnx, where charnn sample finds it")
+    check_chars: int = setting(20_000, "validation characters scored through both paths to report the bpc "
+                               "cost, 0 = skip", ge=0)
+
+    def problems(self) -> list[str]:
+        # --check-chars first: the order charnn has always reported them in.
+        return field_problems(self, ["check_chars"]) + field_problems(self, ["format", "quantize"])
 
 
 @dataclass
@@ -34,28 +53,22 @@ class ExportReport:
     chars: int
 
 
-def export_run(
-    run_dir: str | Path,
-    fmt: str = "onnx",
-    quantize: str = "none",
-    out: str | Path | None = None,
-    check_chars: int = 20_000,
-) -> ExportReport:
-    if fmt not in FORMATS:
-        raise CharnnError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    _need_onnx()
+def export_run(run_dir: str | Path, config: ExportConfig | None = None) -> ExportReport:
+    """Write the run's one-step ONNX model, then measure it against the PyTorch step."""
+    config = config if config is not None else ExportConfig()
+    check_all(config.problems())
+    require_onnx()
     loaded = checkpoint.load_run(run_dir, "cpu")
     lm = loaded.model
-    digest = loaded.info.get("sha256", "")
-    data = export_step_onnx(lm, quantize, digest)
-    path = Path(out) if out is not None else checkpoint.onnx_path(run_dir, quantize)
+    data = export_step_onnx(lm, config.quantize, loaded.info.get("sha256", ""))
+    path = Path(config.out) if config.out is not None else checkpoint.onnx_path(run_dir, config.quantize)
     try:
         atomic_write(path, data)
     except OSError as e:
         raise CharnnError(f"cannot write {path}: {e.strerror}; choose another --out") from None
 
     reference = Stepper(lm, "torch")
-    exported = Stepper(lm, "onnx", quantize, session=_session(data))
+    exported = Stepper(lm, "onnx", config.quantize, session=onnx_session(data))
     # Parity: the same random walk through both steps, from the same states.
     g = torch.Generator().manual_seed(0)
     V = lm.config.vocab_size
@@ -70,9 +83,9 @@ def export_run(
 
     bpc_torch = bpc_export = None
     chars = 0
-    if check_chars:
+    if config.check_chars:
         try:  # the run's own validation split: text re-read, or a prepared token file
-            vids = np.asarray(validation_ids(loaded.files)[: check_chars + 1], dtype=np.int64)
+            vids = np.asarray(validation_ids(loaded.files)[: config.check_chars + 1], dtype=np.int64)
         except CharnnError:
             vids = np.zeros(0, dtype=np.int64)
         if len(vids) > 64:

@@ -1,8 +1,10 @@
-"""Sampling: a pure next-token function, and generate() that streams ids as it goes.
+"""Sampling: the settings of a draw, a pure next-token function, and generate() that streams ids.
 
 Sampling knows only ids; text is encoded and decoded at the edges (the CLI, the server,
 the Python API). `generate` primes the state on the prompt in one pass, then steps one
 character at a time carrying the state: each step is O(1) in the length of the context.
+`SampleConfig` is the one place the sampling settings are declared: their defaults, help,
+choices and bounds (charnn.settings). May import errors, settings and data.vocab.
 """
 
 from __future__ import annotations
@@ -12,34 +14,40 @@ from dataclasses import dataclass
 
 import torch
 
-from charnn.errors import CharnnError
+from charnn.data.vocab import UNKNOWN_POLICIES
 from charnn.settings import field_problems, setting
 
 
 @dataclass
 class SampleConfig:
-    """How text is drawn: the settings of `charnn sample`, `CharModel.generate` and a request."""
+    """How text is drawn: the settings of `charnn sample`, `CharModel.generate` and a request.
+
+    The field order is CharModel.generate's positional order after the prime.
+    """
 
     length: int = setting(500, "characters to generate per sample", ge=0)
     temperature: float = setting(1.0, "softmax temperature", note="0 = greedy", ge=0)
     top_k: int = setting(0, "sample only from the K most likely characters", note="0 = off", ge=0)
     top_p: float = setting(1.0, "sample from the smallest set of characters with probability >= P",
                            note="1 = off", gt=0, le=1)
+    # The API's default is a fixed seed (the same call gives the same text); `charnn sample`
+    # draws a random one instead (SampleCommand).
+    seed: int | None = setting(0, "the same seed gives the same text", note="none = a random seed", flag=False)
+    stop: list[str] = setting([], "stop a sample before this string", repeat=True, metavar="STRING")
+    unknown: str = setting("error", "prime characters outside the vocabulary: error, skip or replace with <unk>",
+                           choices=UNKNOWN_POLICIES)
 
     def problems(self) -> list[str]:
-        return field_problems(self)
-
-
-def sampling_problems(temperature: float, top_k: int, top_p: float) -> list[str]:
-    return field_problems(SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p),
-                          ["temperature", "top_k", "top_p"])
+        # In the order charnn has always reported them: the distribution, then the length.
+        return (field_problems(self, ["temperature", "top_k", "top_p"]) + field_problems(self, ["length"])
+                + field_problems(self, ["unknown"]))
 
 
 def sample_next(
     logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float = SampleConfig.temperature,
+    top_k: int = SampleConfig.top_k,
+    top_p: float = SampleConfig.top_p,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Next ids (B,) from logits (B, V). temperature 0 = argmax; top_k 0 and top_p 1 = off.
@@ -106,23 +114,21 @@ def generate(
     model,
     prime: Sequence[Sequence[int]] | torch.Tensor,
     length: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int | None = 0,
+    temperature: float = SampleConfig.temperature,
+    top_k: int = SampleConfig.top_k,
+    top_p: float = SampleConfig.top_p,
+    seed: int | None = SampleConfig.seed,
     banned: Sequence[int] = (),
 ) -> Iterator[torch.Tensor]:
     """Yield `length` steps of next ids (B,) for B primes of equal length.
 
     `model` is a CharLM or an inference.Stepper: called on the prime (B, P) for the state,
-    then `.step(ids (B,), state)` once per character.
+    then `.step(ids (B,), state)` once per character. The settings are a SampleConfig's,
+    already checked (`SampleConfig.problems`) by the caller.
 
     `banned` ids (special tokens such as <unk>) are never sampled. The same seed gives the
     same ids.
     """
-    problems = sampling_problems(temperature, top_k, top_p)
-    if problems:
-        raise CharnnError("; ".join(problems))
     device = getattr(model, "device", None) or next(model.parameters()).device
     ids = torch.as_tensor(prime, dtype=torch.long, device=device)
     if ids.dim() != 2 or ids.shape[1] == 0:

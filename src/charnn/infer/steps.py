@@ -16,17 +16,27 @@ Backends (`make_stepper`): "torch" runs that step in PyTorch (float32, exact to 
 quantised on the fly), which reads 4x fewer bytes per character: the fastest single-stream
 path on a CPU, at a quality cost measured in BENCHMARKS.md. Priming on a prompt always runs
 the model's own fused forward pass, which is fastest for many characters at once.
+
+The ONNX side (export, sessions, the cached export's check) is onnx.py; where the cache lives
+is the caller's to say (the run directory's layout belongs to checkpoint.py). May import
+errors, models and infer.onnx.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from charnn.errors import CharnnError
+from charnn.infer.onnx import (
+    cached_session,
+    export_onnx,
+    onnx_available,
+    onnx_session,
+    require_onnx,
+)
 from charnn.models.fused import TorchCore
 from charnn.models.lm import CharLM, state_tensors
 
@@ -166,7 +176,7 @@ class Stepper:
         self.backend, self.quantize = backend, quantize
         self._template = lm.initial_state(1)
         if backend == "onnx":
-            self._session = session if session is not None else _ort_session(lm, quantize)
+            self._session = session if session is not None else onnx_session(export_step_onnx(lm, quantize))
             self._inputs = [i.name for i in self._session.get_inputs()]
         else:
             self._module = step_module(lm).to(self.device)
@@ -192,140 +202,32 @@ class Stepper:
         return outs[0], _unflatten(self._template, list(outs[1:]))
 
 
-# --- ONNX -------------------------------------------------------------------------------------
-ONNX_DIGEST_KEY = "charnn_weights_sha256"
-
-
-def onnx_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _need_onnx() -> None:
-    if not onnx_available():
-        raise CharnnError(
-            "the onnx backend and --quantize int8 need onnx, onnxscript and onnxruntime: "
-            "pip install 'charnn[onnx]'"
-        )
-
-
 def export_step_onnx(lm: CharLM, quantize: str = "none", digest: str = "") -> bytes:
-    """The one-step function (ids, *state) -> (logits, *state) as an ONNX model (bytes).
+    """The one-step function (ids, *state) -> (logits, *state) of `lm` as an ONNX model (bytes).
 
-    The batch dimension is dynamic. `digest` (the SHA-256 of the weights) is recorded in the
-    model's metadata so that a cached export is never used with other weights.
+    `digest` (the SHA-256 of the weights) is recorded in the model (see onnx.export_onnx).
     """
-    _need_onnx()
-    import logging
-
+    require_onnx()
     lm = lm.cpu().eval()
-    module = step_module(lm)
-    flat = state_tensors(lm.initial_state(2))
-    names = [f"state{i}" for i in range(len(flat))]
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    # The exporter and the quantiser log advice meant for other models (torchvision ops,
-    # pre-processing for convolutions); keep the user's terminal clean.
-    logging.disable(logging.WARNING)
-    try:
-        return _export(module, flat, names, batch, quantize, digest)
-    finally:
-        logging.disable(logging.NOTSET)
-
-
-def _export(module, flat, names, batch, quantize: str, digest: str) -> bytes:
-    """export_step_onnx's work, with logging already quietened."""
-    import warnings
-
-    import onnx
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, (torch.zeros(2, dtype=torch.long), *flat), dynamo=True, verbose=False,
-            input_names=["ids", *names], output_names=["logits", *[f"{n}_out" for n in names]],
-            dynamic_shapes=({0: batch}, tuple({1: batch} for _ in flat)),
-        )
-    model = program.model_proto
-    if quantize == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            onnx.save(model, src)
-            # Per-channel weight scales keep the int8 rounding error small for every gate row.
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
-            model = onnx.load(dst)
-    onnx.helper.set_model_props(model, {ONNX_DIGEST_KEY: digest, "charnn_quantize": quantize})
-    return model.SerializeToString()
-
-
-def onnx_digest(data: bytes) -> str | None:
-    """The weights digest recorded in an exported model (None if it has none)."""
-    import onnx
-
-    try:
-        model = onnx.load_from_string(data)
-    except Exception:  # a torn or foreign file: treat as absent
-        return None
-    return {p.key: p.value for p in model.metadata_props}.get(ONNX_DIGEST_KEY)
-
-
-def _session(data: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1
-    options.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def _ort_session(lm: CharLM, quantize: str, cache: Path | None = None, digest: str = ""):
-    """An ONNX Runtime session for lm's step: from `cache` if it matches the weights, else
-    exported now (and written to `cache` when possible, so the next load is instant)."""
-    _need_onnx()
-    if cache is not None and digest and cache.is_file():
-        data = cache.read_bytes()
-        if onnx_digest(data) == digest:
-            return _session(data)
-    data = export_step_onnx(lm, quantize, digest)
-    if cache is not None and digest:
-        from charnn.files import atomic_write
-
-        try:
-            atomic_write(cache, data)
-        except OSError:
-            pass  # a read-only run directory: the export stays in memory
-    return _session(data)
+    return export_onnx(step_module(lm), state_tensors(lm.initial_state(2)), quantize, digest)
 
 
 def make_stepper(
     lm: CharLM,
     backend: str = "auto",
     quantize: str = "none",
-    run_dir: str | Path | None = None,
+    cache: Path | None = None,
     digest: str = "",
 ) -> Stepper:
     """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
 
-    auto: ONNX Runtime on CPU when the run has an export for these weights (`charnn export`;
-    the same float32 step with less overhead per call), else the torch fast path.
-    quantize="int8" needs ONNX Runtime. With `run_dir` and the weights' `digest`, an export
-    made here is cached in the run directory for the next load.
+    auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
+    step with less overhead per call), else the torch fast path. quantize="int8" needs ONNX
+    Runtime. An export made here for the weights `digest` is written to `cache` for the next
+    load. `backend` and `quantize` are among BACKENDS and QUANTIZE (the caller's settings
+    checked them).
     """
-    if backend not in BACKENDS:
-        raise CharnnError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if quantize not in QUANTIZE:
-        raise CharnnError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     on_cpu = next(lm.parameters()).device.type == "cpu"
-    from charnn.checkpoint import onnx_path
-
-    cache = onnx_path(run_dir, quantize) if run_dir is not None else None
     if backend == "auto":
         exported = cache is not None and cache.is_file() and onnx_available()
         backend = "onnx" if on_cpu and (quantize == "int8" or exported) else "torch"
@@ -335,5 +237,5 @@ def make_stepper(
         raise CharnnError("the onnx backend runs on the CPU; use --device cpu or --backend torch")
     session = None
     if backend == "onnx":
-        session = _ort_session(lm, quantize, cache, digest)
+        session = cached_session(lambda: export_step_onnx(lm, quantize, digest), cache, digest)
     return Stepper(lm, backend, quantize, session)
