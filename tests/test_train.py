@@ -13,7 +13,8 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.train.loop import Trainer, resolve
+from charnn.train.config import resolve
+from charnn.train.loop import Trainer
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
