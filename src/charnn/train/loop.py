@@ -167,10 +167,7 @@ class Trainer:
         reseed = self.cfg.seed + self.dist.rank + 7919 * saved.step
         restore_rng(ck.extra, saved.world_size, self.dist, self.device, reseed, self.progress.message)
         if saved.has_state:
-            # The saved state has the rows of all B columns: this rank takes its own b.
-            b = self.cfg.batch_size // self.dist.world_size
-            rows = slice(self.dist.rank * b, (self.dist.rank + 1) * b)
-            self.hidden = restore_hidden(ck.extra, self.model.initial_state(b, self.device), rows, self.device)
+            self.hidden = restore_hidden(ck.extra, self.model, self.cfg.batch_size, self.dist, self.device)
         if self.dist.is_main:
             checkpoint.truncate_metrics(self.run_dir, saved.step)
 

@@ -5,9 +5,10 @@ makes of a run in progress:
 
 - `ResumeState`, the counters, saved as the checkpoint's JSON metadata ("trainer") and
   restored from it: one dataclass, so what is saved and what is restored cannot drift
-  apart. Its last fields describe the parts saved beside it (the batch iterator's
-  position, the loss scaler, how many processes wrote it, whether a hidden state was
-  carried); the trainer fills them when it saves.
+  apart. Four of its fields describe the parts saved beside it (world_size: how many
+  processes wrote it; scaler: the float16 loss scaler; batches: the batch iterator's
+  position; has_state: whether a hidden state was carried); the trainer fills them as it
+  saves and hands them to those parts as it restores.
 - the tensors `rng.torch[.r]`, `rng.cuda[.r]` (every rank's random state; rank 0 keeps
   the single-process names) and `state.i` (the carried hidden state, the rows of every
   rank's stream columns side by side).
@@ -93,7 +94,10 @@ def restore_rng(tensors: dict[str, torch.Tensor], saved_world: int, dist: Dist, 
         torch.cuda.set_rng_state(tensors[cuda], device)
 
 
-def restore_hidden(tensors: dict[str, torch.Tensor], template, rows: slice, device: torch.device):
-    """This rank's rows of the saved hidden state, shaped like `template` (the model's initial state)."""
+def restore_hidden(tensors: dict[str, torch.Tensor], model, batch_size: int, dist: Dist, device: torch.device):
+    """This rank's rows of the saved hidden state, which holds the rows of all B columns."""
+    b = batch_size // dist.world_size
+    rows = slice(dist.rank * b, (dist.rank + 1) * b)
+    template = model.initial_state(b, device)
     saved = [tensors[f"state.{i}"][:, rows].to(device) for i in range(len(state_tensors(template)))]
     return saved[0] if isinstance(template, torch.Tensor) else tuple(saved)
