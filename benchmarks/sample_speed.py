@@ -19,7 +19,8 @@ import torch
 
 import charnn
 from charnn.checkpoint import read_run
-from charnn.evaluate import evaluate_steps, validation_text
+from charnn.data.source import validation_text
+from charnn.evaluate import evaluate_steps
 from charnn.infer.onnx import onnx_available
 from charnn.infer.sampling import generate
 from charnn.infer.steps import Stepper, make_stepper

@@ -21,7 +21,8 @@ import torch
 
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss, detach_state
-from charnn.train.loop import Trainer, resolve
+from charnn.train.config import resolve
+from charnn.train.loop import Trainer
 from common import append_section, matmul_peak, table
 
 V = 66  # tiny Shakespeare's vocabulary with <unk>

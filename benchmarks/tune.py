@@ -18,7 +18,7 @@ from pathlib import Path
 
 import charnn
 from charnn.checkpoint import read_run
-from charnn.evaluate import validation_text
+from charnn.data.source import validation_text
 
 
 def trial(name: str, budget: float, threads: int, cfg: dict, jsonl: Path) -> dict:

@@ -63,7 +63,9 @@ def test_python_dash_m_and_console_script():
     r = subprocess.run([sys.executable, "-m", "charnn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "sample" in r.stdout and "eval" in r.stdout
     r = subprocess.run([sys.executable, "-m", "charnn", "train", "--help"], capture_output=True, text=True)
-    assert "--max-time" in r.stdout and "(default: 0.0)" in r.stdout
+    # With no stopping flag a run trains 150 s (DEFAULT_BUDGET_S); the help says so.
+    assert "--max-time" in r.stdout
+    assert "(default: 150 when neither --max-steps nor --epochs is given, else 0)" in " ".join(r.stdout.split())
 
 
 @pytest.mark.parametrize(
@@ -201,7 +203,7 @@ def test_presets(capsys, corpus_file, tmp_path):
     code, _, err = run(capsys, "train", "--preset", "nope")
     assert_user_error(code, err, "--preset must be one of", "'nope'")
     # A preset sets defaults; explicit flags still win.
-    from charnn.train.loop import resolve
+    from charnn.train.config import resolve
 
     model, cfg = resolve({"preset": "quick", "hidden": 32, "corpus": [str(corpus_file)], "out": str(tmp_path / "r")})
     assert model.hidden == 32 and model.layers == 1 and cfg.max_time == 30.0 and cfg.preset == "quick"

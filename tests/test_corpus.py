@@ -1,5 +1,6 @@
 import os
 
+import numpy as np
 import pytest
 
 from charnn.data.corpus import read_corpus, split_text
@@ -85,3 +86,25 @@ def test_read_error_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", refuse)
     with pytest.raises(CharnnError, match="cannot read corpus file .*locked.txt: Permission denied"):
         read_corpus([str(p)])
+
+
+def test_open_corpus_answers_for_text_and_prepared_alike(tmp_path):
+    from charnn.data.prepare import prepare
+    from charnn.data.source import open_corpus
+    from charnn.data.vocab import Vocab
+
+    text = "ROMEO: café au lait\nJULIET: no.\n" * 20
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    c = open_corpus([str(tmp_path / "c.txt")], val_fraction=0.1)
+    n = int(len(text) * 0.9)
+    assert c.n_train == n and c.vocab == Vocab.from_text(text)
+    assert c.train_ids.tolist() == c.vocab.encode(text[:n]).tolist()
+    assert c.val_ids.tolist() == c.vocab.encode(text[n:]).tolist() and c.val_text == text[n:]
+    assert c.record["chars"] == len(text) and c.record["sources"] == [str(tmp_path / "c.txt")]
+
+    prepare([str(tmp_path / "c.txt")], tmp_path / "p", progress=False)
+    p = open_corpus([str(tmp_path / "p")], val_fraction=0.1)
+    assert p.n_train == n and p.vocab == c.vocab and p.record["sha256"] == c.record["sha256"]
+    assert np.asarray(p.train_ids).tolist() == c.train_ids.tolist() and p.val_text == text[n:]
+    with pytest.raises(CharnnError, match="does not apply to the prepared corpus"):
+        open_corpus([str(tmp_path / "p")], transliterate="ascii")

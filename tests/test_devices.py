@@ -16,11 +16,11 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.train.loop import resolve
+from charnn.train.config import resolve
 from conftest import TINY_MODEL, TINY_TRAIN
 from test_train import assert_identical
 
-train_module = importlib.import_module("charnn.train.loop")  # charnn.train is also the function
+config_module = importlib.import_module("charnn.train.config")  # charnn.train is also the function
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 
@@ -35,7 +35,7 @@ def test_float16_needs_a_gpu(corpus_file, tmp_path):
 
 
 def test_float16_gradient_scaling_resumes_exactly(corpus_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_check_dtype", lambda cfg: None)
+    monkeypatch.setattr(config_module, "check_dtype", lambda dtype, device: None)
     # Start the loss scale at 2**24 so that the first steps' float16 gradients overflow:
     # the scaler must skip them (not report divergence) and halve the scale each time.
     real = torch.amp.GradScaler

@@ -18,8 +18,9 @@ import charnn
 from charnn import checkpoint
 from charnn.cli import main
 from charnn.errors import CharnnError
+from charnn.train.config import resolve
 from charnn.train.distributed import Dist, ReportedByRankZero, from_env
-from charnn.train.loop import Trainer, resolve
+from charnn.train.loop import Trainer
 from conftest import TINY_MODEL, TINY_TEXT, TINY_TRAIN
 from test_train import assert_identical
 

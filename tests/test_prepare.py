@@ -216,7 +216,7 @@ def test_token_file_reads_like_an_array(tmp_path):
 
 
 def test_validation_text_of_a_prepared_run(corpus_file, tmp_path):
-    from charnn.evaluate import validation_text
+    from charnn.data.source import validation_text
 
     prepare([str(corpus_file)], tmp_path / "p", progress=False)
     for name, corpus in (("text", corpus_file), ("prep", tmp_path / "p")):

@@ -13,7 +13,8 @@ import torch
 import charnn
 from charnn import checkpoint
 from charnn.errors import CharnnError
-from charnn.train.loop import Trainer, resolve
+from charnn.train.config import resolve
+from charnn.train.loop import Trainer
 from conftest import TINY_MODEL, TINY_TRAIN
 
 
@@ -209,3 +210,48 @@ def test_sigkill_at_random_moments_always_resumes(corpus_file, tmp_path):
     assert kills >= 3
     assert json.loads((tmp_path / "b" / "config.json").read_text())["format"] == "charnn-run"
     assert_identical(tmp_path / "a", tmp_path / "b")
+
+
+def test_train_and_prepare_flags_come_from_the_config_fields():
+    """Every flag's default and help are written once, on its config field (charnn.settings)."""
+    import argparse
+    from dataclasses import fields
+
+    from charnn.cli import build_parser
+    from charnn.models import ModelConfig
+    from charnn.settings import default_of, help_of, meta
+    from charnn.train.config import TrainConfig
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    by_dest = {a.dest: a for a in commands["train"]._actions}
+    for cls in (ModelConfig, TrainConfig):
+        for f in fields(cls):
+            if f.name == "vocab_size":
+                continue  # set from the vocabulary, not a flag
+            action = by_dest[f.name]
+            assert action.default is argparse.SUPPRESS  # not given = the field's default (or the run's)
+            expected = meta(f)["help"] if f.name == "preset" else help_of(cls, f.name)
+            assert action.help == expected and meta(f)["help"], f.name
+            if meta(f)["choices"] is not None:
+                assert action.choices == list(meta(f)["choices"]), f.name
+    prepare = commands["prepare"]
+    args = prepare.parse_args(["--out", "x"])
+    for name in ("encoding", "errors"):
+        assert getattr(args, name) == default_of(TrainConfig, name)
+        assert next(a for a in prepare._actions if a.dest == name).help == help_of(TrainConfig, name)
+
+
+def test_the_resume_point_holds_exactly_the_resume_state(tiny_run):
+    """ResumeState is both what is saved and what is restored; its keys are the file format."""
+    from dataclasses import fields
+
+    from charnn.train.state import ResumeState
+
+    saved = checkpoint.load_checkpoint(tiny_run).trainer
+    assert list(saved) == [f.name for f in fields(ResumeState)] == [
+        "world_size", "scaler", "step", "total_steps", "elapsed", "best_val", "best_step", "bad_evals",
+        "last_eval_step", "log_loss_sum", "log_loss_count", "last_train_loss", "finished", "stop_reason",
+        "batches", "has_state",
+    ]  # runs saved by earlier versions resume: this list is their format
+    assert ResumeState.from_dict(saved).to_dict() == saved
+    assert ResumeState.from_dict({"step": 3}).world_size == 1  # a key it lacks takes its default

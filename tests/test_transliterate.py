@@ -9,7 +9,7 @@ from charnn.checkpoint import read_run
 from charnn.cli import main
 from charnn.data.corpus import read_corpus, transliterate_text
 from charnn.errors import CharnnError
-from charnn.train.loop import resolve
+from charnn.train.config import resolve
 from charnn.train.presets import preset_settings
 from test_cli import assert_user_error
 

@@ -14,7 +14,9 @@ from charnn.errors import CharnnError  # noqa: E402
 from charnn.infer.model import CharModel, load  # noqa: E402
 from charnn.infer.sampling import SampleConfig  # noqa: E402
 from charnn.models import ModelConfig, build_model  # noqa: E402
-from charnn.train.loop import Summary, TrainConfig, train  # noqa: E402
+from charnn.train.api import train  # noqa: E402
+from charnn.train.config import TrainConfig  # noqa: E402
+from charnn.train.loop import Summary  # noqa: E402
 
 __all__ = [
     "CharModel",

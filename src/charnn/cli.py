@@ -42,10 +42,9 @@ def _flag(group, cls, name: str, help: str, **kw) -> None:
 
 # --- train ------------------------------------------------------------------------------------
 def _add_train(sub) -> None:
-    from charnn.data.batching import LAYOUTS
-    from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
-    from charnn.models import CORES, INPUTS, ModelConfig
-    from charnn.train.loop import DEFAULT_BUDGET_S, DTYPES, TrainConfig
+    from charnn.models import ModelConfig
+    from charnn.settings import help_of
+    from charnn.train.config import DEFAULT_BUDGET_S, TrainConfig
 
     p = sub.add_parser(
         "train", help="train a model on text",
@@ -56,72 +55,27 @@ def _add_train(sub) -> None:
         ),
     )
     p.add_argument("corpus", nargs="*", default=argparse.SUPPRESS, metavar="CORPUS",
-                   help="text files or directories, or one directory made by charnn prepare "
-                        "(default: the bundled tiny Shakespeare)")
-    p.add_argument("--out", dest="out", default=argparse.SUPPRESS, metavar="DIR",
-                   help="run directory to create (default: runs/<corpus name>, numbered if taken)")
+                   help=help_of(TrainConfig, "corpus"))
+    add_flags(p, TrainConfig, ["out"])
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue a run where it stopped; only stopping, logging and device flags may change")
-    p.add_argument("--preset", dest="preset", default=argparse.SUPPRESS, metavar="NAME",
-                   help="start from a named bundle of settings; flags given still win (see --list-presets)")
+    add_flags(p, TrainConfig, ["preset"])
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-
-    m = p.add_argument_group("model")
-    _flag(m, ModelConfig, "model", "recurrent core", choices=list(CORES))
-    _flag(m, ModelConfig, "layers", "stacked recurrent layers", type=int)
-    _flag(m, ModelConfig, "hidden", "hidden units per layer", type=int)
-    _flag(m, ModelConfig, "embed", "embedding size", type=int)
-    _flag(m, ModelConfig, "dropout", "dropout between layers and before the head, 0 = off", type=float)
-    _flag(m, ModelConfig, "input", "input encoding", choices=list(INPUTS))
-    _flag(m, ModelConfig, "block", "mingru/minlstm stacking: plain, or residual (the paper's language model); "
-          "auto = residual for mingru/minlstm", choices=["auto", "plain", "residual"])
-    _flag(m, ModelConfig, "expand", "--block residual: recurrent state size as a multiple of --hidden", type=float)
-    _flag(m, ModelConfig, "mlp", "--block residual: MLP size as a multiple of --hidden, 0 = no MLP", type=float)
-    _flag(m, ModelConfig, "conv", "--block residual: causal convolution kernel size, 0 = off", type=int)
-
-    d = p.add_argument_group("data")
-    _flag(d, TrainConfig, "val_fraction", "fraction of the corpus (its end) held out for validation", type=float)
-    _flag(d, TrainConfig, "encoding", "text encoding of the corpus files")
-    _flag(d, TrainConfig, "errors", "what to do with bytes invalid in --encoding", choices=list(ERROR_POLICIES))
-    _flag(d, TrainConfig, "transliterate", "ascii = map the text to ASCII with unidecode (the [ascii] extra) "
-          "over a printable-ASCII vocabulary; none = keep it", choices=list(TRANSLITERATIONS))
-    _flag(d, TrainConfig, "batching", "batch layout: stateful TBPTT streams or random windows", choices=list(LAYOUTS))
-    _flag(d, TrainConfig, "reset_prob", "streams: chance per window that a stream forgets its state (cold-start practice)", type=float)
-    _flag(d, TrainConfig, "batch_size", "sequences per step; under torchrun the global batch, split over the processes", type=int)
-    _flag(d, TrainConfig, "seq_len", "characters per sequence (the TBPTT window)", type=int)
-
-    o = p.add_argument_group("optimisation")
-    _flag(o, TrainConfig, "lr", "peak learning rate of AdamW", type=float)
-    _flag(o, TrainConfig, "min_lr_ratio", "final learning rate as a fraction of --lr (cosine decay)", type=float)
-    _flag(o, TrainConfig, "warmup", "steps of linear learning-rate warmup", type=int)
-    _flag(o, TrainConfig, "weight_decay", "AdamW weight decay on weight matrices", type=float)
-    _flag(o, TrainConfig, "grad_clip", "maximum gradient norm, 0 = off", type=float)
-    _flag(o, TrainConfig, "dtype", "autocast precision; auto = bfloat16 where the hardware has it natively",
-          choices=["auto", *DTYPES])
-
-    s = p.add_argument_group("stopping, evaluation, saving")
-    _flag(s, TrainConfig, "max_steps", "stop after this many steps in all, 0 = no limit", type=int)
-    _flag(s, TrainConfig, "max_time", "stop after this many seconds of training, 0 = no limit", type=float)
-    _flag(s, TrainConfig, "epochs", "stop after this many passes over the training text, 0 = no limit", type=float)
-    _flag(s, TrainConfig, "eval_every", "evaluate on the validation split every N steps, 0 = only at the end", type=int)
-    _flag(s, TrainConfig, "eval_streams", "parallel segments of the stateful validation pass", type=int)
-    _flag(s, TrainConfig, "patience", "stop after N evaluations without improvement, 0 = off", type=int)
-    _flag(s, TrainConfig, "save_every", "save a resume point every N steps, 0 = only at the end", type=int)
-    _flag(s, TrainConfig, "log_every", "steps between metrics lines", type=int)
-
-    x = p.add_argument_group("other")
-    _flag(x, TrainConfig, "seed", "random seed (weights, dropout, batch order)", type=int)
-    _flag(x, TrainConfig, "sample_chars", "characters of sample printed at the end, 0 = none", type=int)
-    _flag(x, TrainConfig, "device", "torch device: auto, cpu, cuda, cuda:N, mps")
-    _flag(x, TrainConfig, "threads", "CPU threads for torch, 0 = torch's default", type=int)
+    add_flags(p.add_argument_group("model"), ModelConfig,
+              ["model", "layers", "hidden", "embed", "dropout", "input", "block", "expand", "mlp", "conv"])
+    add_flags(p.add_argument_group("data"), TrainConfig,
+              ["val_fraction", "encoding", "errors", "transliterate", "batching", "reset_prob", "batch_size", "seq_len"])
+    add_flags(p.add_argument_group("optimisation"), TrainConfig,
+              ["lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "dtype"])
+    add_flags(p.add_argument_group("stopping, evaluation, saving"), TrainConfig,
+              ["max_steps", "max_time", "epochs", "eval_every", "eval_streams", "patience", "save_every", "log_every"])
+    add_flags(p.add_argument_group("other"), TrainConfig, ["seed", "sample_chars", "device", "threads"])
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
-    from charnn.infer.model import load
-    from charnn.train.distributed import session
-    from charnn.train.loop import Trainer, format_summary, resolve
+    from charnn.train.api import format_summary, run_training
 
     if args.list_presets:
         from charnn.train.presets import format_presets
@@ -131,12 +85,9 @@ def _cmd_train(args) -> int:
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("func", "resume", "quiet", "command", "list_presets")}
     # Under torchrun every process runs this; they train one model and rank 0 speaks.
-    with session() as dist:
-        model_config, cfg = dist.agree(lambda: resolve(settings, args.resume))
-        trainer = dist.agree(lambda: Trainer(model_config, cfg, resume=args.resume is not None,
-                                             progress=not args.quiet, dist=dist))
-        summary = trainer.run()
-    if not dist.is_main:
+    trained = run_training(settings, resume=args.resume, progress=not args.quiet)
+    summary = trained.summary
+    if not trained.is_main:
         return EXIT_INTERRUPTED if summary.stop_reason == "interrupted" else 0
     if summary.stop_reason == "finished earlier":
         print(f"run {summary.run_dir} already finished at step {summary.step}; "
@@ -146,10 +97,12 @@ def _cmd_train(args) -> int:
     if summary.stop_reason == "interrupted":
         print(f"resume with: charnn train --resume {summary.run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if cfg.sample_chars:
+    if trained.config.sample_chars:
+        from charnn.infer.model import load
+
         model = load(summary.run_dir)
         print(f"--- sample (temperature 0.8, seed 0) from {summary.run_dir} ---")
-        _write_stream(model.stream("", cfg.sample_chars, temperature=0.8, seed=0))
+        _write_stream(model.stream("", trained.config.sample_chars, temperature=0.8, seed=0))
         print()
     return 0
 
@@ -216,7 +169,8 @@ def _cmd_eval(args) -> int:
 
 # --- prepare ----------------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
-    from charnn.data.corpus import ERROR_POLICIES
+    from charnn.settings import default_of
+    from charnn.train.config import TrainConfig
 
     p = sub.add_parser(
         "prepare", help="encode a large corpus once into a token file that training reads as it goes",
@@ -229,9 +183,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("corpus", nargs="*", metavar="CORPUS",
                    help="text files or directories (default: the bundled tiny Shakespeare)")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write (required)")
-    p.add_argument("--encoding", default="utf-8", help="text encoding of the corpus files (default: utf-8)")
-    p.add_argument("--errors", choices=ERROR_POLICIES, default="strict",
-                   help="what to do with bytes invalid in --encoding (default: strict)")
+    # The same flags as charnn train's, so a prepared corpus reads its text the same way.
+    add_flags(p, TrainConfig, ["encoding", "errors"])
+    p.set_defaults(**{name: default_of(TrainConfig, name) for name in ("encoding", "errors")})
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_prepare)
 

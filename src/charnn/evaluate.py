@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from charnn.data.corpus import read_corpus
 from charnn.errors import CharnnError
 from charnn.models.lm import char_loss
 
@@ -139,55 +138,6 @@ def evaluate_ids(
     finally:
         model.train(was_training)
     return EvalResult.from_sum(total, chars, protocol)
-
-
-def validation_ids(files):
-    """The ids of a run's validation split: its text re-read, or its prepared token file."""
-    from charnn.data.corpus import split_point
-    from charnn.data.prepare import find_prepared
-
-    prepared = find_prepared(files.train.get("corpus", []))
-    if prepared is None:
-        return files.vocab.encode(validation_text(files), what="the validation split")
-    if files.data.get("sha256") != prepared.meta["sha256"] or files.vocab != prepared.vocab:
-        raise CharnnError(
-            f"the run's prepared corpus {prepared.path} changed since it was trained, so its "
-            f"validation split is gone; evaluate on a file with --text FILE"
-        )
-    val_fraction = float(files.train.get("val_fraction", 0.1))
-    val = prepared.tokens[split_point(len(prepared.tokens), val_fraction) :]
-    if len(val) < 2:
-        raise CharnnError(
-            f"the run has no validation split (--val-fraction {val_fraction}); "
-            f"evaluate on a file with --text FILE"
-        )
-    return val
-
-
-def validation_text(files) -> str:
-    """The validation split of a run's corpus, re-read and checked against the run's record."""
-    from charnn.data.corpus import split_text, text_digest
-    from charnn.data.prepare import find_prepared
-
-    train = files.train
-    if find_prepared(train.get("corpus", [])) is not None:
-        ids = np.asarray(validation_ids(files), dtype=np.int64)
-        points = np.array([ord(c) for c in files.vocab.chars], dtype="<u4")
-        return points[ids[ids < len(points)]].tobytes().decode("utf-32-le", "surrogatepass")
-    corpus = read_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
-                         train.get("transliterate", "none"))
-    if files.data.get("sha256") and files.data["sha256"] != text_digest(corpus.text):
-        raise CharnnError(
-            f"the run's corpus ({', '.join(corpus.sources)}) changed since it was trained, so its "
-            f"validation split is gone; evaluate on a file with --text FILE"
-        )
-    _, val = split_text(corpus.text, float(train.get("val_fraction", 0.1)))
-    if len(val) < 2:
-        raise CharnnError(
-            f"the run has no validation split (--val-fraction {train.get('val_fraction')}); "
-            f"evaluate on a file with --text FILE"
-        )
-    return val
 
 
 @torch.inference_mode()

@@ -1,8 +1,11 @@
-"""Reading text: files, directories, the bundled corpora; and the train/validation split.
+"""Reading text (files, directories, the bundled corpora) and the train/validation split.
 
 Text is read as Unicode code points (UTF-8 by default). Every problem a user can make with
 a corpus (a missing path, an unreadable file, bytes that are not valid in the encoding, an
 empty corpus) is a CharnnError that names the file and the fix.
+
+Which corpus a run uses (text or a prepared token file) is data/source.py's open_corpus().
+Imports vocab.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import string
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from charnn.errors import CharnnError
+
+if TYPE_CHECKING:
+    pass
 
 # Public-domain corpora shipped inside the package (see corpora/).
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}

@@ -91,10 +91,6 @@ class Vocab:
             return False
         return True
 
-    @property
-    def special_ids(self) -> list[int]:
-        return list(range(len(self.chars), len(self)))
-
     # --- encoding -------------------------------------------------------------------------
     def unknown_chars(self, text: str) -> list[str]:
         """Distinct characters of `text` that are not in the vocabulary, sorted."""

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from charnn import checkpoint
 from charnn.data.corpus import ERROR_POLICIES, read_corpus
+from charnn.data.source import validation_ids
 from charnn.data.vocab import UNKNOWN_POLICIES
 from charnn.errors import check_all
-from charnn.evaluate import PROTOCOLS, WINDOW, EvalResult, evaluate_ids, validation_ids
+from charnn.evaluate import PROTOCOLS, WINDOW, EvalResult, evaluate_ids
 from charnn.settings import field_problems, setting
 
 

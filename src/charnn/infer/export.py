@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from charnn import checkpoint
+from charnn.data.source import validation_ids
 from charnn.errors import CharnnError, check_all
-from charnn.evaluate import evaluate_steps, validation_ids
+from charnn.evaluate import evaluate_steps
 from charnn.files import atomic_write
 from charnn.infer.onnx import onnx_session, require_onnx
 from charnn.infer.steps import QUANTIZE, Stepper, export_step_onnx

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from charnn.errors import CharnnError
 from charnn.models import fused, minrnn, scratch
 from charnn.models.lm import CharLM
+from charnn.settings import default_of, field_problems, setting
 
 CORES = {
     "rnn": fused.rnn,
@@ -33,21 +34,24 @@ INPUTS = ("embedding", "onehot")
 
 @dataclass
 class ModelConfig:
-    model: str = "lstm"  # a name in CORES
-    vocab_size: int = 0  # set from the vocabulary
-    embed: int = 64  # embedding size (unused with input="onehot")
-    hidden: int = 384
-    layers: int = 2
-    dropout: float = 0.0
-    input: str = "embedding"  # "embedding" or "onehot"
+    """The model's settings; the `charnn train` model flags map onto these one to one."""
+
+    model: str = setting("lstm", "recurrent core", choices=tuple(CORES))
+    vocab_size: int = setting(0, "tokens in the vocabulary (set from it)", flag=False)
+    embed: int = setting(64, "embedding size", positive=True)  # unused with input="onehot"
+    hidden: int = setting(384, "hidden units per layer", positive=True)
+    layers: int = setting(2, "stacked recurrent layers", positive=True)
+    dropout: float = setting(0.0, "dropout between layers and before the head, 0 = off", ge=0, lt=1)
+    input: str = setting("embedding", "input encoding", choices=INPUTS)
     # Stacking of the minGRU / minLSTM layers (models/minrnn.py): "plain" feeds each layer's
     # states to the next; "residual" is the paper's language model (pre-norm residual blocks,
     # an MLP of mlp x hidden units, a state of expand x hidden, a causal conv of `conv` taps).
     # "auto" is resolved on creation: residual for mingru / minlstm, plain for the others.
-    block: str = "auto"
-    expand: float = 1.0
-    mlp: float = 2.0
-    conv: int = 4  # 0 = no convolution
+    block: str = setting("auto", "mingru/minlstm stacking: plain, or residual (the paper's language model); "
+                         "auto = residual for mingru/minlstm", choices=("auto", *minrnn.BLOCKS))
+    expand: float = setting(1.0, "--block residual: recurrent state size as a multiple of --hidden", gt=0, le=64)
+    mlp: float = setting(2.0, "--block residual: MLP size as a multiple of --hidden", note="0 = no MLP", ge=0, le=64)
+    conv: int = setting(4, "--block residual: causal convolution kernel size", note="0 = off")  # checked below
 
     def __post_init__(self) -> None:
         if self.block == "auto":
@@ -55,19 +59,8 @@ class ModelConfig:
 
     def problems(self) -> list[str]:
         """Every invalid setting, as messages that name the flag."""
-        p = []
-        if self.model not in CORES:
-            p.append(f"--model must be one of {', '.join(CORES)}, got {self.model!r}")
-        if self.input not in INPUTS:
-            p.append(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
-        for name in ("embed", "hidden", "layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                p.append(f"--{name} must be a positive integer, got {v}")
-        if not 0.0 <= self.dropout < 1.0:
-            p.append(f"--dropout must be in [0, 1), got {self.dropout}")
-        p += self._block_problems()
-        return p
+        # --block is checked after "auto" is resolved, against the stackings that exist.
+        return field_problems(self, [f.name for f in fields(self) if f.name != "block"]) + self._block_problems()
 
     def _block_problems(self) -> list[str]:
         p = []
@@ -75,15 +68,10 @@ class ModelConfig:
             p.append(f"--block must be one of {', '.join(minrnn.BLOCKS)}, got {self.block!r}")
         elif self.block == "residual" and self.model in CORES and self.model not in MIN_CORES:
             p.append(f"--block residual needs --model {' or '.join(MIN_CORES)}, got --model {self.model}")
-        if not (isinstance(self.expand, (int, float)) and 0 < self.expand <= 64):
-            p.append(f"--expand must be in (0, 64], got {self.expand}")
-        if not (isinstance(self.mlp, (int, float)) and 0 <= self.mlp <= 64):
-            p.append(f"--mlp must be in [0, 64] (0 = no MLP), got {self.mlp}")
         if not isinstance(self.conv, int) or self.conv < 0 or self.conv == 1:
             p.append(f"--conv must be 0 (off) or a kernel size >= 2, got {self.conv}")
         if self.block != "residual":
-            defaults = {f.name: f.default for f in fields(self)}
-            changed = [n for n in ("expand", "mlp", "conv") if getattr(self, n) != defaults[n]]
+            changed = [n for n in ("expand", "mlp", "conv") if getattr(self, n) != default_of(ModelConfig, n)]
             if changed:
                 verb = "applies" if len(changed) == 1 else "apply"
                 p.append(f"{', '.join('--' + n for n in changed)} only {verb} to --model mingru or minlstm "

@@ -1,0 +1,148 @@
+"""The settings of a training run: TrainConfig, and resolve() from keywords to the configs a run uses.
+
+Each TrainConfig field carries its default, help, choices and bounds once (charnn.settings):
+the `charnn train` flags, their --help, the keywords of charnn.train() and the validation
+messages all come from it. resolve() layers them: the field defaults <- a preset <- the
+settings given; or, for `--resume`, the run's saved settings <- the few that may change.
+Imports data, models, checkpoint, devices and settings; nothing of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from charnn import checkpoint
+from charnn.data.batching import LAYOUTS
+from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
+from charnn.devices import DTYPES, check_dtype, resolve_device, resolve_dtype
+from charnn.errors import CharnnError
+from charnn.models import ModelConfig
+from charnn.settings import field_problems, setting
+from charnn.train.presets import preset_settings
+
+DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained; the `charnn train` flags map onto these one to one."""
+
+    corpus: list[str] = setting([], "text files or directories, or one directory made by charnn prepare",
+                                shown="the bundled tiny Shakespeare", flag=False)  # the positional CORPUS
+    out: str = setting("", "run directory to create", shown="runs/<corpus name>, numbered if taken",
+                       metavar="DIR")
+    encoding: str = setting("utf-8", "text encoding of the corpus files")
+    errors: str = setting("strict", "what to do with bytes invalid in --encoding", choices=ERROR_POLICIES)
+    transliterate: str = setting("none", "ascii = map the text to ASCII with unidecode (the [ascii] extra) "
+                                 "over a printable-ASCII vocabulary; none = keep it", choices=TRANSLITERATIONS)
+    val_fraction: float = setting(0.1, "fraction of the corpus (its end) held out for validation", ge=0, lt=1)
+    batching: str = setting("streams", "batch layout: stateful TBPTT streams or random windows", choices=LAYOUTS)
+    reset_prob: float = setting(0.05, "streams: chance per window that a stream forgets its state "
+                                "(cold-start practice)", ge=0, le=1)
+    batch_size: int = setting(32, "sequences per step; under torchrun the global batch, split over the "
+                              "processes", positive=True)
+    seq_len: int = setting(96, "characters per sequence (the TBPTT window)", positive=True)
+    lr: float = setting(6e-3, "peak learning rate of AdamW", gt=0)
+    min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of --lr (cosine decay)", ge=0, le=1)
+    warmup: int = setting(50, "steps of linear learning-rate warmup", ge=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay on weight matrices", ge=0)
+    grad_clip: float = setting(1.0, "maximum gradient norm, 0 = off", ge=0)
+    # The sentinels ("0 = no limit") are part of the help, not a `note`: the messages of a bad
+    # value name only the bound ("--max-steps must be >= 0, got -1").
+    max_steps: int = setting(0, "stop after this many steps in all, 0 = no limit", ge=0)
+    max_time: float = setting(0.0, "stop after this many seconds of training, 0 = no limit", ge=0,
+                              shown=f"{DEFAULT_BUDGET_S:g} when neither --max-steps nor --epochs is given, else 0")
+    epochs: float = setting(0.0, "stop after this many passes over the training text, 0 = no limit", ge=0)
+    eval_every: int = setting(500, "evaluate on the validation split every N steps, 0 = only at the end", ge=0)
+    eval_streams: int = setting(8, "parallel segments of the stateful validation pass", positive=True)
+    patience: int = setting(0, "stop after N evaluations without improvement, 0 = off", ge=0)
+    save_every: int = setting(0, "save a resume point every N steps, 0 = only at the end", ge=0)
+    log_every: int = setting(50, "steps between metrics lines", positive=True)
+    seed: int = setting(1337, "random seed (weights, dropout, batch order)")
+    sample_chars: int = setting(300, "characters of sample printed at the end, 0 = none", ge=0)
+    dtype: str = setting("auto", "autocast precision; auto = bfloat16 where the hardware has it natively",
+                         choices=("auto", *DTYPES))
+    device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N, mps")
+    threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0)
+    # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
+    preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
+                          metavar="NAME", shown="", flag=False)
+
+    def problems(self) -> list[str]:
+        return field_problems(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Settings that a resumed run may change: when and how it stops, logs and saves, where it
+# runs. Everything else would make the resumed run a different run.
+RESUME_OVERRIDES = frozenset(
+    {"max_steps", "max_time", "epochs", "eval_every", "patience", "save_every", "log_every",
+     "sample_chars", "threads", "device"}
+)
+
+
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """Route keyword settings to ModelConfig and TrainConfig fields; reject unknown names."""
+    model_names = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+    train_names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - model_names - train_names)
+    if unknown:
+        raise CharnnError(f"unknown training setting(s): {', '.join(unknown)}")
+    model = {k: v for k, v in settings.items() if k in model_names}
+    train = {k: v for k, v in settings.items() if k in train_names}
+    return model, train
+
+
+def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a run will use: defaults <- settings (or: the saved run <- allowed settings)."""
+    model_kw, train_kw = split_settings(settings)
+    if resume is not None:
+        return _resolve_resume(model_kw, train_kw, resume)
+    if train_kw.get("preset"):
+        preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
+        model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}
+    model_config = ModelConfig(**model_kw)
+    cfg = TrainConfig(**train_kw)
+    problems = model_config.problems() + cfg.problems()
+    if problems:
+        raise CharnnError("; ".join(problems))
+    if not (cfg.max_steps or cfg.max_time or cfg.epochs):
+        cfg.max_time = DEFAULT_BUDGET_S
+    if not cfg.out:
+        cfg.out = _default_out(cfg.corpus)
+    cfg.corpus = [str(Path(c).resolve()) if Path(c).exists() else c for c in cfg.corpus]
+    cfg.device = resolve_device(cfg.device)
+    cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)
+    check_dtype(cfg.dtype, cfg.device)
+    return model_config, cfg
+
+
+def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelConfig, TrainConfig]:
+    files = checkpoint.read_run(resume)
+    saved = TrainConfig.from_dict(files.train)
+
+    def then(k: str):
+        return getattr(files.model_config if k in model_kw else saved, k)
+
+    changed = sorted(k for k, v in {**model_kw, **train_kw}.items() if k not in RESUME_OVERRIDES and then(k) != v)
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} (the run has {then(k)!r})" for k in changed)
+        raise CharnnError(f"cannot change {shown} when resuming {resume}; drop the flag, or start a new run with --out")
+    cfg = replace(saved, **{k: v for k, v in train_kw.items() if k in RESUME_OVERRIDES}, out=str(resume))
+    cfg.device = resolve_device(cfg.device)  # the run's GPU may be missing here: say so
+    check_dtype(cfg.dtype, cfg.device)
+    return files.model_config, cfg
+
+
+def _default_out(corpus: list[str]) -> str:
+    stem = Path(corpus[0]).stem if corpus else "tinyshakespeare"
+    base = Path("runs") / (stem or "run")
+    out, k = base, 2
+    while out.exists():
+        out, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return str(out)
