@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import MISSING, fields
 
 from charnn.errors import CharnnError
 from charnn.settings import add_flags
@@ -26,18 +25,9 @@ class _Parser(argparse.ArgumentParser):
         raise CharnnError(f"{message} (see {self.prog} --help)")
 
 
-def _default(cls, name: str):
-    f = {f.name: f for f in fields(cls)}[name]
-    return f.default if f.default is not MISSING else f.default_factory()
-
-
-def _flag(group, cls, name: str, help: str, **kw) -> None:
-    """--kebab-name for the dataclass field `name`; help shows the field's default."""
-    default = _default(cls, name)
-    group.add_argument(
-        "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-        help=f"{help} (default: {default})", **kw,
-    )
+def _settings(args, *besides: str) -> dict:
+    """The settings the user gave: the parsed flags, less the command's own arguments."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", *besides)}
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -82,8 +72,7 @@ def _cmd_train(args) -> int:
 
         print(format_presets())
         return 0
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("func", "resume", "quiet", "command", "list_presets")}
+    settings = _settings(args, "resume", "quiet", "list_presets")
     # Under torchrun every process runs this; they train one model and rank 0 speaks.
     trained = run_training(settings, resume=args.resume, progress=not args.quiet)
     summary = trained.summary
@@ -128,7 +117,7 @@ def _write_stream(pieces) -> None:
 def _cmd_sample(args) -> int:
     from charnn.infer.model import SampleCommand, sample_run
 
-    config = SampleCommand(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    config = SampleCommand(**_settings(args, "run_dir"))
     samples = sample_run(args.run_dir, config)
     if config.seed is None:
         print(f"(seed {samples.seed})", file=sys.stderr)
@@ -157,7 +146,7 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args) -> int:
     from charnn.infer.evalrun import EvalConfig, evaluate_run
 
-    config = EvalConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir", "json")})
+    config = EvalConfig(**_settings(args, "run_dir", "json"))
     result, what = evaluate_run(args.run_dir, config)
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
@@ -213,7 +202,7 @@ def _add_export(sub) -> None:
 def _cmd_export(args) -> int:
     from charnn.infer.export import ExportConfig, export_run
 
-    config = ExportConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dir")})
+    config = ExportConfig(**_settings(args, "run_dir"))
     r = export_run(args.run_dir, config)
     print(f"wrote {r.path} ({r.bytes / 1e6:.1f} MB); max |logit difference| vs PyTorch over "
           f"{r.steps} steps: {r.max_logit_diff:.2e}")
@@ -250,7 +239,7 @@ def _cmd_serve(args) -> int:
     except ImportError as e:
         raise CharnnError(f"charnn serve needs the [serve] extra ({e.name} is missing): "
                           f"pip install 'charnn[serve]'") from None
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "run_dirs", "quiet")}
+    settings = _settings(args, "run_dirs", "quiet")
     serve(args.run_dirs, ServeConfig(**settings), quiet=args.quiet)
     return 0
 
@@ -286,7 +275,7 @@ def _cmd_memorize(args) -> int:
     if args.list_presets:
         print(format_presets())
         return 0
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "list_presets")}
+    settings = _settings(args, "json", "list_presets")
     config = resolve(settings)
     on_epoch = None
     if not args.json:
@@ -325,7 +314,7 @@ def _add_capacity(sub) -> None:
 def _cmd_capacity(args) -> int:
     from charnn.lab.capacity import CapacityConfig, sweep
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command", "quiet")}
+    settings = _settings(args, "quiet")
     config = CapacityConfig(**settings)
     result = sweep(config, log=(lambda line: None) if args.quiet else None)
     print(result.table)
