@@ -65,7 +65,19 @@ def _mask_text(text: str, work: Path) -> str:
 
 
 def _mask_ids(text: str) -> str:
-    return re.sub(r'"created":\d+', '"created":0', re.sub(r'"cmpl-[0-9a-f]+"', '"cmpl-"', text))
+    text = re.sub(r'"created":\d+', '"created":0', re.sub(r'"cmpl-[0-9a-f]+"', '"cmpl-"', text))
+    if "data: " not in text:
+        return text
+    # A stream: how the text is cut into events depends on timing, so compare what each
+    # choice says in all (its text joined, its finish reason) and how the stream ends.
+    choices: dict[int, list] = {}
+    for line in text.splitlines():
+        if line.startswith("data: {"):
+            for c in json.loads(line[6:])["choices"]:
+                got = choices.setdefault(c["index"], ["", None])
+                got[0] += c["text"]
+                got[1] = c["finish_reason"] or got[1]
+    return json.dumps({"choices": choices, "done": text.rstrip().endswith("data: [DONE]")}, ensure_ascii=False)
 
 
 def _file_digest(path: Path, work: Path) -> str:
