@@ -68,6 +68,7 @@ def _mask_ids(text: str) -> str:
     text = re.sub(r'"created":\d+', '"created":0', re.sub(r'"cmpl-[0-9a-f]+"', '"cmpl-"', text))
     if "data: " not in text:
         return text
+    status, _, text = text.partition(" ")
     # A stream: how the text is cut into events depends on timing, so compare what each
     # choice says in all (its text joined, its finish reason) and how the stream ends.
     choices: dict[int, list] = {}
@@ -77,7 +78,8 @@ def _mask_ids(text: str) -> str:
                 got = choices.setdefault(c["index"], ["", None])
                 got[0] += c["text"]
                 got[1] = c["finish_reason"] or got[1]
-    return json.dumps({"choices": choices, "done": text.rstrip().endswith("data: [DONE]")}, ensure_ascii=False)
+    done = text.rstrip().endswith("data: [DONE]")
+    return status + " " + json.dumps({"choices": choices, "done": done}, ensure_ascii=False)
 
 
 def _file_digest(path: Path, work: Path) -> str:
