@@ -149,6 +149,19 @@ def test_queue_bound_and_zero_tokens(model):
         e.close()
 
 
+def test_a_cancelled_job_leaves_the_queue_at_once(model):
+    e = engine_of(model, max_batch=2, max_queue=3)  # not started: everything stays queued
+    try:
+        first = e.submit([model.prime_ids("R")], 3, Sampling(10), seed=0)
+        e.submit([model.prime_ids("R")], 2, Sampling(10), seed=0)
+        first.cancel()  # its client left: it no longer waits, nor counts against the bound
+        assert e.queued == 2
+        e.submit([model.prime_ids("R")], 3, Sampling(10), seed=0)
+        assert e.queued == 5
+    finally:
+        e.close()
+
+
 def test_close_finishes_open_jobs_with_an_error(model):
     e = engine_of(model, max_batch=2, max_queue=8)
     job = e.submit([model.prime_ids("R")], 2, Sampling(10), seed=0)

@@ -7,22 +7,23 @@
     GET  /v1/models/{id}
     POST /v1/completions      OpenAI's legacy completions API; a token is a character;
                               "stream": true answers with server-sent events ending "data: [DONE]"
-    GET  /openapi.json        the OpenAPI document
+    GET  /openapi.json        the OpenAPI document (it lists the models: with a key, it needs it)
 
 This module owns create_app: the routes, the checks a request needs beyond its schema, and
 the mapping of every error to OpenAI's shape (a client mistake is a 4xx, never a 5xx). The
 rest of the server is one module per story:
 
     schemas.py   request/response bodies (and the OpenAPI document), APIError
-    guard.py     API key and body size, before anything parses a request
+    guard.py     Host, API key and body size, before anything parses a request
     jobs.py      Sampling in, a Job of Outputs out: what this side and the engine share
     engine.py    generation: one thread per model steps every active stream in one batch
     replies.py   a job's outputs as one JSON body or as server-sent events
     run.py       serve() and background_server(): sockets, uvicorn, the exposure warning
 
-Safe by default: it binds 127.0.0.1; with an API key every /v1 route needs
-`Authorization: Bearer KEY`; bodies, prompts, lengths, choices, concurrency, the queue and
-the time per request are all bounded (ServeConfig, one flag each).
+Safe by default: it binds 127.0.0.1 and then answers only to loopback names (--allowed-hosts);
+with an API key every route but / and /health needs `Authorization: Bearer KEY`; bodies,
+prompts, lengths, choices, concurrency, the queue and the time per request are all bounded
+(ServeConfig, one flag each).
 
 Imports: FastAPI, charnn.errors, charnn.infer.model (CharModel, the loaded run), the serve modules.
 """
@@ -124,7 +125,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
         title="charnn", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
         description="OpenAI-compatible completions from character-level recurrent language models.",
     )
-    app.add_middleware(Guard, api_key=config.api_key, max_body=config.max_body)
+    app.add_middleware(Guard, api_key=config.api_key, max_body=config.max_body, hosts=config.host_allow_list())
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):

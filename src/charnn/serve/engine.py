@@ -15,8 +15,8 @@ them together, letting streams join and leave between steps:
            ──► drop finished and cancelled rows ──► stepper.step(ids (B,), state) for the rest
 
 A job (jobs.py) is one request's choices: the engine thread fills it, the caller takes what
-is ready. Cancelling a job (the client went away, or its time ran out) drops its rows at the
-next step. Engine owns the queue and the two threads; _Batch owns the rows being generated.
+is ready. Cancelling a job (the client went away, or its time ran out) takes its groups out
+of the queue at once and drops its rows at the next step. Engine owns the queue and the two threads; _Batch owns the rows being generated.
 
 The engine knows ids, not the model: it is given a stepper (infer.steps.Stepper: `stepper(ids)`
 primes, `stepper.step(ids, state)` steps), the text of each id and the ids never to sample.
@@ -53,6 +53,7 @@ log = logging.getLogger("charnn.engine")
 # kernels fill a tensor serially; tests/test_server_engine.py checks it), at 1/NOISE_BLOCK of
 # the per-stream cost.
 NOISE_BLOCK = 32
+F32 = torch.finfo(torch.float32)
 
 
 @dataclass(eq=False)  # compared by identity: the primed tensors have no truth value
@@ -121,10 +122,16 @@ class _Batch:
         """Sample one character per row, hand out the text, drop finished rows, step the rest."""
         rows = self.rows
         if self.settings is None:
+            # Sampled in float32: a larger temperature would round to inf (and a banned id's
+            # -inf / inf to NaN), a top_p below its smallest number to 0 (dropping every
+            # candidate). float32's largest temperature is as flat as any larger one, its smallest
+            # top_p keeps only the most likely character, as any smaller one does.
             self.settings = (
-                torch.tensor([r.sampling.temperature for r in rows], dtype=torch.float32, device=self.device),
+                torch.tensor([min(r.sampling.temperature, F32.max) for r in rows], dtype=torch.float32,
+                             device=self.device),
                 torch.tensor([r.sampling.top_k for r in rows], dtype=torch.long, device=self.device),
-                torch.tensor([r.sampling.top_p for r in rows], dtype=torch.float32, device=self.device),
+                torch.tensor([max(r.sampling.top_p, F32.tiny) for r in rows], dtype=torch.float32,
+                             device=self.device),
             )
         logits = self.logits
         if len(self.banned):
@@ -266,18 +273,22 @@ class Engine:
             if self._closed:
                 raise QueueFull("the server is shutting down")
             if self._active + self._queued + job.choices > self.max_batch + self.max_queue:
-                self._drop_cancelled()
-            if self._active + self._queued + job.choices > self.max_batch + self.max_queue:
                 raise QueueFull(f"{self._active} streams running and {self._queued} waiting")
             self._pending.extend(groups)
             self._queued += job.choices
+            job.on_cancel = self._withdraw
             self._cond.notify_all()  # the primer thread (and the engine thread, if it waits)
         return job
 
-    def _drop_cancelled(self) -> None:
-        kept = [g for g in self._pending if not g.job.cancelled]
-        self._pending = collections.deque(kept)
-        self._queued = sum(len(g.seeds) for g in kept)
+    def _withdraw(self, job: Job) -> None:
+        """A cancelled job's groups leave the queue at once: a client that left while waiting
+        no longer counts (in /health, or against --max-queue for the next request)."""
+        with self._cond:
+            kept = [g for g in self._pending if g.job is not job]
+            if len(kept) < len(self._pending):
+                self._pending = collections.deque(kept)
+                self._queued = sum(len(g.seeds) for g in kept)
+                self._cond.notify_all()  # the engine thread: the next group may be ready to join
 
     # --- the engine thread ----------------------------------------------------------------
     def _run(self) -> None:
@@ -348,9 +359,6 @@ class Engine:
                     for g, result in zip(todo, primed):
                         g.primed = result
                     self._cond.notify_all()
-                    # Cancelled groups are never primed: drop them so they block nobody.
-                    if any(g.job.cancelled and not g.primed for g in self._pending):
-                        self._drop_cancelled()
 
     def _prime(self, groups: list[_Group]) -> list[tuple]:
         """Each group's logits after its prompt and the state there, one pass per prompt length.

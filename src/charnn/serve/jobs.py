@@ -2,8 +2,9 @@
 
 A Job is one request's choices. The engine thread puts each choice's text into it piece by
 piece; the caller (the HTTP server, or any thread) takes what is ready with `Job.take()`,
-woken by the `on_ready` callback, and cancels the job when it stops listening. The lock
-makes put and take safe across the two threads; nothing else is shared.
+woken by the `on_ready` callback, and cancels the job when it stops listening (the engine
+hears of it at once, through `on_cancel`). The lock makes put and take safe across the two
+threads; nothing else is shared.
 
 Imports: charnn.settings and charnn.infer.sampling (SampleConfig's defaults).
 """
@@ -55,6 +56,7 @@ class Job:
         self._lock = threading.Lock()
         self._items: list[Output] = []
         self.cancelled = False
+        self.on_cancel: Callable[[Job], None] | None = None  # set by the engine: leave its queue
 
     # --- the caller's side ----------------------------------------------------------------
     def take(self) -> list[Output]:
@@ -64,8 +66,13 @@ class Job:
         return items
 
     def cancel(self) -> None:
-        """Stop generating for this job; its rows leave the batch at the next step."""
+        """Stop generating for this job: its choices still waiting leave the queue now (they
+        no longer count against it), its rows leave the batch at the next step."""
+        if self.cancelled:
+            return
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
     # --- the engine's side ----------------------------------------------------------------
     def put(self, items: list[Output]) -> None:

@@ -13,7 +13,6 @@ only when a server starts.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import sys
 import threading
@@ -28,7 +27,7 @@ from charnn.errors import CharnnError, check_all
 from charnn.infer.model import CharModel
 from charnn.infer.model import load as load_model
 from charnn.serve.app import create_app
-from charnn.serve.config import ServeConfig
+from charnn.serve.config import ServeConfig, is_loopback
 
 
 # --- which runs, under which ids --------------------------------------------------------------
@@ -59,15 +58,6 @@ def load_models(
 
 
 # --- where it listens -------------------------------------------------------------------------
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The loud warning printed when the server is reachable from other machines."""
     if is_loopback(host):

@@ -46,6 +46,12 @@ def validation_error(errors: list[dict]) -> APIError:
     """pydantic's list of errors (RequestValidationError.errors()) as one 400."""
     parts, params = [], []
     for e in errors:
+        if e.get("type") == "json_invalid":  # its loc holds the offset of the mistake, not a field
+            reason = e.get("ctx", {}).get("error", "cannot parse it")
+            at = "".join(f" at character {x}" for x in e.get("loc", ()) if isinstance(x, int))
+            parts.append(f"the body is not valid JSON ({reason}{at})")
+            params.append(None)
+            continue
         loc = [str(x) for x in e.get("loc", ()) if x != "body"]
         params.append(".".join(loc) or None)
         parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
