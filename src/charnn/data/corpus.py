@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from charnn.errors import CharnnError
+from charnn.files import path_kind
 
 # Public-domain corpora shipped inside the package (see corpora/).
 BUNDLED = {"tinyshakespeare": "tinyshakespeare.txt"}
@@ -109,7 +110,7 @@ def resolve_sources(paths: list[str] | tuple[str, ...] = ()) -> list[str | Path]
     problems = []
     for raw in paths or (DEFAULT_CORPUS,):
         p = Path(raw)
-        if p.exists():
+        if path_kind(p) is not None:  # a name too long, a directory without permission: one line
             sources.extend(_files_of(p))
         elif raw in BUNDLED:
             sources.append(raw)
