@@ -181,8 +181,9 @@ def write_json(path: str | Path, obj) -> None:
 
 # --- reading -----------------------------------------------------------------------------------
 @contextmanager
-def open_regular(path: str | Path, fix: str) -> Iterator[tuple[BinaryIO, int]]:
-    """(file, size) of a regular file opened for reading, else one CharnnError naming it.
+def open_regular(path: str | Path, fix: str, missing: str | None = None) -> Iterator[tuple[BinaryIO, int]]:
+    """(file, size) of a regular file opened for reading, else one CharnnError naming it
+    (`missing`: the message when there is no such file).
 
     Opened without blocking (a pipe would wait for a writer forever) and checked after
     opening (a check before it could be raced); read errors become CharnnErrors too.
@@ -190,8 +191,8 @@ def open_regular(path: str | Path, fix: str) -> Iterator[tuple[BinaryIO, int]]:
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise CharnnError(f"{path} is missing; {fix}") from None
+    except FileNotFoundError as e:
+        raise CharnnError(missing or f"cannot read {path}: {reason(e)}; {fix}") from None
     except OSError as e:
         raise CharnnError(f"cannot read {path}: {reason(e)}; {fix}") from None
     try:
@@ -208,9 +209,9 @@ def open_regular(path: str | Path, fix: str) -> Iterator[tuple[BinaryIO, int]]:
             raise CharnnError(f"cannot read {path}: {reason(e)}; {fix}") from None
 
 
-def read_bytes(path: str | Path, limit: int, fix: str = "restore it") -> bytes:
+def read_bytes(path: str | Path, limit: int, fix: str = "restore it", missing: str | None = None) -> bytes:
     """The content of a regular file of at most `limit` bytes, or one CharnnError."""
-    with open_regular(path, fix) as (f, size):
+    with open_regular(path, fix, missing) as (f, size):
         data = f.read(limit + 1) if size <= limit else b""
     if size > limit or len(data) > limit:
         raise CharnnError(f"{path} is too large ({size_text(max(size, len(data)))}, at most "
@@ -220,7 +221,7 @@ def read_bytes(path: str | Path, limit: int, fix: str = "restore it") -> bytes:
 
 def read_json(path: str | Path, fix: str = "restore it", limit: int = JSON_LIMIT):
     """The JSON document at `path`, or one clear CharnnError naming the file and the fix."""
-    data = read_bytes(path, limit, fix)
+    data = read_bytes(path, limit, fix, missing=f"{path} is missing; {fix}")
     try:
         return json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep

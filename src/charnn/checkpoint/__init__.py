@@ -41,7 +41,10 @@ Write faults (a full disk, a read-only or permission-denied directory) are one C
 naming the file and the cause: an atomic write leaves the previous file intact, a failed
 append is cut back, and create_run removes whatever it made before it failed.
 
-Imports: errors, files, data.vocab, models.
+The package: layout.py (the file names; what a write fault leaves), modelcheck.py (the
+model settings of config.json), tensorfile.py (tensor files with checksums), resume.py (the
+resume point); this module: the run directory, its best weights, its metrics log, and the
+API every other module uses. Imports: errors, files, data.vocab, models.
 """
 
 from __future__ import annotations
@@ -49,20 +52,35 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from charnn.checkpoint.layout import (
+    BEST,
+    CONFIG,
+    LAST,
+    METRICS,
+    PLOT,
+    VOCAB,
+    onnx_path,
+    plot_path,
+    writing,
+)
 from charnn.checkpoint.modelcheck import (
     has_type,
     is_int,
     memory_problem,
     model_config,
     model_params,
+)
+from charnn.checkpoint.resume import (
+    Checkpoint,
+    has_checkpoint,
+    load_checkpoint,
+    restore_model,
+    save_checkpoint,
 )
 from charnn.checkpoint.tensorfile import (
     FIX,
@@ -71,7 +89,9 @@ from charnn.checkpoint.tensorfile import (
     RESUME_POINT,
     WEIGHTS,
     Shapes,
+    check_finite,
     header,
+    load_into,
     read_tensors,
     save_tensors,
 )
@@ -92,41 +112,12 @@ from charnn.files import (
 )
 from charnn.models import CharLM, ModelConfig, build_model
 
-CONFIG = "config.json"
-VOCAB = "vocab.json"
-BEST = "model.safetensors"
-LAST = "last.safetensors"
-METRICS = "metrics.jsonl"
-PLOT = "loss.png"
-
 __all__ = [  # memory_problem and model_params: for `charnn train` to refuse what cannot fit
     "BEST", "CONFIG", "FORMAT_NAME", "FORMAT_VERSION", "LAST", "METRICS", "PLOT", "VOCAB", "Checkpoint",
     "LoadedRun", "RunFiles", "append_metrics", "create_run", "has_checkpoint", "load_checkpoint", "load_run",
     "memory_problem", "model_params", "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
     "save_checkpoint", "save_weights", "truncate_metrics",
 ]
-
-
-# --- writing, and what a fault leaves -----------------------------------------------------------
-def _exists(path: Path) -> bool:
-    try:
-        return path_kind(path, follow=False) is not None
-    except CharnnError:
-        return True  # cannot be told: say nothing about it
-
-
-@contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """An OSError while writing `path` of a run becomes one line: the file, the cause, what is kept."""
-    try:
-        yield
-    except OSError as e:
-        kept = {LAST: "the previous resume point is intact", BEST: "the previous best weights are intact",
-                METRICS: "the metrics log is as it was"}[path.name]
-        if path.name != METRICS and not _exists(path):
-            kept = "nothing was written"
-        raise CharnnError(f"cannot write {path}: {reason(e)}; {kept}: once that is fixed, continue with "
-                          f"charnn train --resume {path.parent}") from None
 
 
 # --- the run directory ------------------------------------------------------------------------
@@ -246,37 +237,11 @@ def read_run(run_dir: str | Path) -> RunFiles:
     return RunFiles(run_dir, config, dict(train), dict(data), vocab, params)
 
 
-def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    # Training never saves non-finite weights (its NaN guard stops it first).
-    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise CharnnError(f"{path} holds non-finite weights ({', '.join(bad[:4])}), which charnn never "
-                          f"writes; {FIX}")
-
-
-def _load_into(model: CharLM, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or extra or wrong:
-        detail = "; ".join(
-            f"{what}: {', '.join(keys[:4])}"
-            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
-            if keys
-        )
-        raise CharnnError(f"{source} does not match {CONFIG} ({detail}); restore the run's files")
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as e:
-        raise CharnnError(f"{source} cannot be loaded into the model of {CONFIG} ({reason(e)}); {FIX}") from None
-
-
 # --- the best weights -------------------------------------------------------------------------
 def save_weights(run_dir: str | Path, model: CharLM, vocab: Vocab, info: dict) -> None:
     """Write model.safetensors, the weights every consumer of the run loads."""
     path = Path(run_dir) / BEST
-    with _writing(path):
+    with writing(path):
         save_tensors(path, model.state_dict(), {"kind": WEIGHTS, "vocab_sha256": vocab_digest(vocab), **info})
 
 
@@ -307,117 +272,13 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     path = files.path / BEST
     tensors, info = read_tensors(path, WEIGHTS, lambda shapes: _check_count(path, shapes, WEIGHTS, files.params))
     _check_info(path, info, files.vocab)
-    _check_finite(path, tensors)
+    check_finite(path, tensors)
     model = build_model(files.model_config)
-    _load_into(model, tensors, path)
+    load_into(model, tensors, path)
     return LoadedRun(files, model.to(device).eval(), info)
 
 
-def onnx_path(run_dir: str | Path, quantize: str = "none") -> Path:
-    """Where `charnn export` puts the one-step ONNX model (and sampling caches it)."""
-    return Path(run_dir) / ("step.onnx" if quantize == "none" else f"step-{quantize}.onnx")
 
-
-# --- the resume point -------------------------------------------------------------------------
-@dataclass
-class Checkpoint:
-    model: dict[str, torch.Tensor]
-    optimizer: dict  # a torch optimizer state_dict
-    extra: dict[str, torch.Tensor]  # RNG states, the carried hidden state, ...
-    trainer: dict  # JSON counters: step, best val loss, batch iterator position, ...
-
-
-def _split_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer state_dict as flat tensors plus JSON (param groups, non-tensor values)."""
-    tensors, plain = {}, {}
-    for pid, per_param in state_dict["state"].items():
-        plain[str(pid)] = {}
-        for k, v in per_param.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim.{pid}.{k}"] = v
-            else:
-                plain[str(pid)][k] = v
-    return tensors, {"state": plain, "param_groups": state_dict["param_groups"]}
-
-
-def _join_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
-    state: dict[int, dict] = {int(pid): dict(values) for pid, values in plain["state"].items()}
-    for key, t in tensors.items():
-        _, pid, k = key.split(".", 2)
-        state.setdefault(int(pid), {})[k] = t
-    return {"state": state, "param_groups": plain["param_groups"]}
-
-
-def save_checkpoint(
-    run_dir: str | Path,
-    model: CharLM,
-    optimizer: torch.optim.Optimizer,
-    extra: dict[str, torch.Tensor],
-    trainer: dict,
-) -> None:
-    """Write last.safetensors: everything a resumed run needs, as one atomic file."""
-    optim_tensors, optim_plain = _split_optimizer(optimizer.state_dict())
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(optim_tensors)
-    tensors.update({f"extra.{k}": v for k, v in extra.items()})
-    path = Path(run_dir) / LAST
-    with _writing(path):
-        save_tensors(path, tensors, {"kind": RESUME_POINT, "trainer": trainer, "optimizer": optim_plain})
-
-
-def has_checkpoint(run_dir: str | Path) -> bool:
-    """Whether the run has a resume point. Anything named last.safetensors counts: a broken
-    one is reported by load_checkpoint, never taken for "not there"."""
-    return path_kind(Path(run_dir) / LAST, follow=False) is not None
-
-
-def _resume_problems(tensors: dict[str, torch.Tensor], meta: dict) -> list[str]:
-    """What in a resume point's tensors and JSON does not have the shape charnn writes."""
-    p = [f"tensor {shown(k)}" for k in tensors if not re.fullmatch(r"model\..+|extra\..+|optim\.\d+\..+", k)]
-    trainer, optim = meta.get("trainer"), meta.get("optimizer")
-    if not isinstance(trainer, dict) or not is_int(trainer.get("step")) or trainer["step"] < 0:
-        p.append(f"trainer = {shown(trainer)}")
-    groups = optim.get("param_groups") if isinstance(optim, dict) else None
-    state = optim.get("state") if isinstance(optim, dict) else None
-    if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
-                                             and all(is_int(i) and i >= 0 for i in g["params"]) for g in groups)):
-        return [*p, f"optimizer.param_groups = {shown(groups)}"]
-    if not (isinstance(state, dict) and all(re.fullmatch(r"\d+", k) and isinstance(v, dict) for k, v in state.items())):
-        return [*p, f"optimizer.state = {shown(state)}"]
-    ids = [i for g in groups for i in g["params"]]
-    used = {int(k) for k in state} | {int(k.split(".")[1]) for k in tensors if k.startswith("optim.")}
-    if len(set(ids)) != len(ids) or not used <= set(ids):
-        p.append("optimizer state for parameters outside its groups")
-    return p
-
-
-def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    path = Path(run_dir) / LAST
-    tensors, meta = read_tensors(path, RESUME_POINT)
-    problems = _resume_problems(tensors, meta)
-    if problems:
-        raise CharnnError(f"{path} is not a resume point as charnn writes it ({'; '.join(problems)}); "
-                          f"restore it")
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "optim": {}, "extra": {}}
-    for key, t in tensors.items():
-        prefix, rest = key.split(".", 1)
-        groups[prefix][rest if prefix != "optim" else key] = t
-    _check_finite(path, groups["model"])
-    return Checkpoint(
-        model=groups["model"],
-        optimizer=_join_optimizer(groups["optim"], meta["optimizer"]),
-        extra=groups["extra"],
-        trainer=meta["trainer"],
-    )
-
-
-def restore_model(model: CharLM, checkpoint: Checkpoint, run_dir: str | Path) -> None:
-    path = Path(run_dir) / LAST
-    _load_into(model, checkpoint.model, path)
-    n = len(list(model.parameters()))
-    ids = sorted(i for g in checkpoint.optimizer["param_groups"] for i in g["params"])
-    if ids != list(range(n)):
-        raise CharnnError(f"{path} has optimizer state for {len(ids)} parameters, the model has {n}; restore it")
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -426,7 +287,7 @@ _NUMBERS = ("time", "epoch", "lr", "train_loss", "chars_per_s", "val_loss", "val
 
 def append_metrics(run_dir: str | Path, record: dict) -> None:
     path = Path(run_dir) / METRICS
-    with _writing(path):
+    with writing(path):
         append_jsonl(path, record)
 
 
@@ -441,9 +302,9 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
     """Drop the records after `step` (written by a run that died after its last checkpoint)."""
     kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
     path = Path(run_dir) / METRICS
-    with _writing(path):
+    with writing(path):
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
-def plot_path(run_dir: str | Path) -> Path:
+
     return Path(run_dir) / PLOT

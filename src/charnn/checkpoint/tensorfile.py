@@ -24,8 +24,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from charnn.checkpoint.layout import CONFIG
+from charnn.checkpoint.modelcheck import is_int
 from charnn.errors import CharnnError
 from charnn.files import atomic_write, open_regular, reason, shown
+from charnn.models import CharLM
 
 FORMAT_NAME = "charnn-run"
 FORMAT_VERSION = 1
@@ -59,10 +62,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> No
     metadata["sha256"] = digest(tensors)
     metadata["checksum"] = checksum(metadata)
     atomic_write(path, st_save(tensors, metadata=metadata))
-
-
-def is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def corrupt(path: Path, why: str) -> CharnnError:
@@ -129,7 +128,7 @@ def read_tensors(path: Path, kind: str, check: Callable[[Shapes], None] | None =
                  ) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and `meta` of a file of `kind`, verified; `check(shapes)` sees the header's
     tensor shapes before any data is read. The meta gets the tensors' "sha256"."""
-    with open_regular(path, FIX) as (f, size):
+    with open_regular(path, FIX, missing=f"{path} is missing; the run directory is incomplete") as (f, size):
         head, metadata, meta, shapes, end = _read_header(f, size, path)
         found = kind_of(meta)
         if found != kind:
@@ -150,3 +149,30 @@ def read_tensors(path: Path, kind: str, check: Callable[[Shapes], None] | None =
                           f"wrote it; restore the file, or retrain the run")
     meta.pop("kind", None)
     return tensors, {**meta, "sha256": metadata["sha256"]}
+
+
+# --- tensors into a model --------------------------------------------------------------------
+def check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    # Training never saves non-finite weights (its NaN guard stops it first).
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CharnnError(f"{path} holds non-finite weights ({', '.join(bad[:4])}), which charnn never "
+                          f"writes; {FIX}")
+
+
+def load_into(model: CharLM, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if missing or extra or wrong:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}"
+            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+            if keys
+        )
+        raise CharnnError(f"{source} does not match {CONFIG} ({detail}); restore the run's files")
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CharnnError(f"{source} cannot be loaded into the model of {CONFIG} ({reason(e)}); {FIX}") from None
