@@ -222,3 +222,18 @@ def test_vocab_errors_name_the_file(tiny_run, tmp_path, chars, message):
     (run / "vocab.json").write_text(json.dumps(v))
     with pytest.raises(CharnnError, match=rf"{re.escape(str(run / 'vocab.json'))} is malformed \(.*{message}"):
         charnn.load(run)
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru", "rnn-scratch", "lstm-scratch", "gru-scratch",
+                                   "mingru", "minlstm"])
+def test_weight_count_without_building_is_exact(model):
+    from charnn.models import ModelConfig, build_model
+
+    options = [{}, {"input": "onehot"}]
+    if model in ("mingru", "minlstm"):
+        options += [{"block": "plain"}, {"expand": 1.5, "mlp": 0, "conv": 0}, {"conv": 3, "mlp": 3.0}]
+    for extra in options:
+        for layers in (1, 2, 3):
+            config = ModelConfig(model=model, vocab_size=11, embed=5, hidden=6, layers=layers, **extra)
+            real = sum(t.numel() for t in build_model(config).state_dict().values())
+            assert checkpoint.model_params(config) == real, (extra, layers)
