@@ -212,7 +212,7 @@ def open_regular(path: str | Path, fix: str, missing: str | None = None) -> Iter
 def read_bytes(path: str | Path, limit: int, fix: str = "restore it", missing: str | None = None) -> bytes:
     """The content of a regular file of at most `limit` bytes, or one CharnnError."""
     with open_regular(path, fix, missing) as (f, size):
-        data = f.read(limit + 1) if size <= limit else b""
+        data = f.read(size + 1) if size <= limit else b""  # + 1: growing past the limit is seen
     if size > limit or len(data) > limit:
         raise CharnnError(f"{path} is too large ({size_text(max(size, len(data)))}, at most "
                           f"{size_text(limit)} expected); {fix}")
