@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -112,3 +113,127 @@ def test_not_a_run_directory(tmp_path):
         charnn.load(tmp_path / "nothing")
     with pytest.raises(CharnnError, match="not a charnn run directory"):
         charnn.load(tmp_path)
+
+
+# --- the integrity check covers the metadata (issue 12, class 2) ------------------------------
+def _header(path):
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    return data, n
+
+
+def _edit_header(path, old: bytes, new: bytes):
+    """Change the header in place, keeping its length (the file stays well-formed)."""
+    data, n = _header(path)
+    assert len(old) == len(new) and data[8 : 8 + n].count(old) == 1, old
+    path.write_bytes(data[:8] + data[8 : 8 + n].replace(old, new) + data[8 + n :])
+
+
+@pytest.mark.parametrize("name, load", [("model.safetensors", charnn.load),
+                                        ("last.safetensors", checkpoint.load_checkpoint)])
+def test_changed_metadata_fails_the_checksum(tiny_run, tmp_path, name, load):
+    run = copy_run(tiny_run, tmp_path / "run")
+    _edit_header(run / name, b'\\"step\\": 30', b'\\"step\\": 99')  # a changed step is not believed
+    with pytest.raises(CharnnError, match="fails its checksum"):
+        load(run)
+
+
+@pytest.mark.parametrize("name, load", [("model.safetensors", charnn.load),
+                                        ("last.safetensors", checkpoint.load_checkpoint)])
+def test_garbled_metadata_is_one_line(tiny_run, tmp_path, name, load):
+    run = copy_run(tiny_run, tmp_path / "run")
+    _edit_header(run / name, b'\\"step\\": 30', b'\\"step\\": 3{')  # no longer JSON
+    with pytest.raises(CharnnError, match=f"{name} is truncated or corrupt"):
+        load(run)
+
+
+def test_files_written_before_the_checksum_still_load(tiny_run, tmp_path):
+    """A run written by charnn 0.1.0: "sha256" over the tensors only, no "checksum", no "kind"."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    for name in ("model.safetensors", "last.safetensors"):
+        data, n = _header(run / name)
+        metadata = json.loads(data[8 : 8 + n])["__metadata__"]
+        meta = json.loads(metadata.pop("meta"))
+        meta.pop("kind", None)
+        metadata.pop("checksum", None)
+        metadata["meta"] = json.dumps(meta)
+        (run / name).write_bytes(st_save(st_load(data), metadata=metadata))
+    assert charnn.load(run).info == charnn.load(tiny_run).info
+    assert checkpoint.load_checkpoint(run).trainer == checkpoint.load_checkpoint(tiny_run).trainer
+
+
+# --- config.json is checked before anything is built (class 3) --------------------------------
+def _set_config(run, edit):
+    cfg = json.loads((run / "config.json").read_text())
+    edit(cfg)
+    (run / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["model"].update(dropout="x"), r"model\.dropout must be a number, got 'x'"),
+    (lambda c: c.update(model="lstm"), r'"model" must be a JSON object of settings'),
+    (lambda c: c["model"].update(hidden=[16]), r"model\.hidden must be an integer, got \[16\]"),
+    (lambda c: c["model"].update(layers=True), r"model\.layers must be an integer, got True"),
+    (lambda c: c["model"].update(vocab_size=str(c["model"]["vocab_size"])), r"model\.vocab_size must be an integer"),
+    (lambda c: c["model"].update(hidden=10**9), r"model\.hidden is 1,000,000,000, more than any model"),
+    (lambda c: c["model"].update(layers=10**6), r"does not match config\.json|memory"),
+    (lambda c: c["model"].update(hidden=4096), r"does not match config\.json \(it holds"),
+    (lambda c: c["model"].update(block="residual"), r"model\.block residual needs model\.model mingru"),
+    (lambda c: c.update(train="x"), r'"train" must be a JSON object'),
+    (lambda c: c["train"].update(encoding=[16]), r"train\.encoding must be a string"),
+])
+def test_config_is_checked_before_building(tiny_run, tmp_path, monkeypatch, edit, message):
+    run = copy_run(tiny_run, tmp_path / "run")
+    _set_config(run, edit)
+    monkeypatch.setattr(checkpoint, "build_model", lambda *a: pytest.fail("a model was built"))
+    with pytest.raises(CharnnError, match=message) as e:
+        checkpoint.load_run(run)
+    assert "config.json" in str(e.value) and "--" not in str(e.value)  # the file's keys, not flags
+    assert not re.search(r"has (\d+) tokens but .* expects \1\b", str(e.value))
+
+
+# --- what a message says (class 7) ------------------------------------------------------------
+def test_resume_point_copied_over_the_weights(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    (run / "model.safetensors").write_bytes((tiny_run / "last.safetensors").read_bytes())
+    with pytest.raises(CharnnError, match="holds the resume point of a run, not its best weights") as e:
+        charnn.load(run)
+    assert "vocabulary" not in str(e.value)
+
+
+def test_weights_copied_over_the_resume_point(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    (run / "last.safetensors").write_bytes((tiny_run / "model.safetensors").read_bytes())
+    with pytest.raises(CharnnError, match="holds the best weights of a run, not its resume point"):
+        checkpoint.load_checkpoint(run)
+
+
+@pytest.mark.parametrize("chars, message", [
+    (["b", "a"], "distinct and sorted"), (["ab"], "single code points"), ("abc", "must be a list of strings"),
+    ([1, 2], "must be a list of strings"),
+])
+def test_vocab_errors_name_the_file(tiny_run, tmp_path, chars, message):
+    run = copy_run(tiny_run, tmp_path / "run")
+    v = json.loads((run / "vocab.json").read_text())
+    v["chars"] = chars
+    (run / "vocab.json").write_text(json.dumps(v))
+    with pytest.raises(CharnnError, match=rf"{re.escape(str(run / 'vocab.json'))} is malformed \(.*{message}"):
+        charnn.load(run)
+
+
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru", "rnn-scratch", "lstm-scratch", "gru-scratch",
+                                   "mingru", "minlstm"])
+def test_weight_count_without_building_is_exact(model):
+    from charnn.models import ModelConfig, build_model
+
+    options = [{}, {"input": "onehot"}]
+    if model in ("mingru", "minlstm"):
+        options += [{"block": "plain"}, {"expand": 1.5, "mlp": 0, "conv": 0}, {"conv": 3, "mlp": 3.0}]
+    for extra in options:
+        for layers in (1, 2, 3):
+            config = ModelConfig(model=model, vocab_size=11, embed=5, hidden=6, layers=layers, **extra)
+            real = sum(t.numel() for t in build_model(config).state_dict().values())
+            assert checkpoint.model_params(config) == real, (extra, layers)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from charnn.errors import CharnnError
+from charnn.files import path_kind
 
 if TYPE_CHECKING:
     pass
@@ -116,7 +117,7 @@ def resolve_sources(paths: list[str] | tuple[str, ...] = ()) -> list[str | Path]
     problems = []
     for raw in paths or (DEFAULT_CORPUS,):
         p = Path(raw)
-        if p.exists():
+        if path_kind(p) is not None:  # a name too long, a directory without permission: one line
             sources.extend(_files_of(p))
         elif raw in BUNDLED:
             sources.append(raw)

@@ -48,7 +48,14 @@ from charnn.data.corpus import (
 )
 from charnn.data.vocab import UNK, Vocab, code_points, vocab_digest
 from charnn.errors import CharnnError
-from charnn.files import atomic_stream, atomic_write, check_version, read_json, write_json
+from charnn.files import (
+    atomic_stream,
+    atomic_write,
+    check_version,
+    path_kind,
+    read_json,
+    write_json,
+)
 from charnn.progress import Progress
 
 FORMAT_NAME = "charnn-tokens"
@@ -340,7 +347,7 @@ class Prepared:
 
 
 def is_prepared(path: str | Path) -> bool:
-    return (Path(path) / META).is_file()
+    return path_kind(Path(path) / META) == "file"
 
 
 def open_prepared(path: str | Path) -> Prepared:

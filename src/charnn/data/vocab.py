@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from charnn.errors import CharnnError
-from charnn.files import check_version
+from charnn.files import JSON_LIMIT, check_version, read_bytes, reason, shown
 
 UNK = "<unk>"
 START = "<start>"
@@ -158,28 +158,37 @@ class Vocab:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "vocab.json") -> Vocab:
+        """The vocabulary of a parsed vocab.json; every way it can be wrong is one line naming `source`."""
         check_version(d, source, FORMAT_NAME, FORMAT_VERSION, not_ours="is not a charnn vocabulary file",
                       kind="vocabulary")
-        try:
-            return cls(tuple(d["chars"]), tuple(d["specials"]))
-        except (KeyError, TypeError) as e:
-            raise CharnnError(f"{source} is malformed ({e}); retrain or restore the file") from e
+        problems = []
+        for key in ("chars", "specials"):
+            v = d.get(key)
+            if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
+                problems.append(f'"{key}" must be a list of strings, got {shown(v)}')
+        if not problems:
+            try:
+                return cls(tuple(d["chars"]), tuple(d["specials"]))
+            except CharnnError as e:
+                problems.append(str(e))
+        raise CharnnError(f"{source} is malformed ({'; '.join(problems)}); retrain or restore the file")
 
     @classmethod
     def from_json(cls, text: str, source: str = "vocab.json") -> Vocab:
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CharnnError(f"{source} is not valid JSON ({e}); retrain or restore the file") from e
+        except (ValueError, RecursionError) as e:
+            raise CharnnError(f"{source} is not valid JSON ({reason(e)}); retrain or restore the file") from None
         return cls.from_dict(d, source)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        path = Path(path)
+        """Read vocab.json (a regular file of bounded size), with one-line errors naming it."""
+        data = read_bytes(path, JSON_LIMIT, "retrain or restore the file")
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise CharnnError(f"cannot read {path}: {e.strerror}") from e
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CharnnError(f"{path} is not valid JSON ({reason(e)}); retrain or restore the file") from None
         return cls.from_json(text, str(path))
 
 
