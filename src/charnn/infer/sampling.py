@@ -3,7 +3,8 @@
 Sampling knows only ids; text is encoded and decoded at the edges (the CLI, the server,
 the Python API). `generate` primes the state on the prompt in one pass, then steps one
 character at a time carrying the state: each step is O(1) in the length of the context.
-`SampleConfig` is the one place the sampling settings are declared: their defaults, help,
+`sample_rows` is the one sampler, right for every setting within SampleConfig's bounds:
+float32 arithmetic where it holds, float64 for the rows at its edges. `SampleConfig` is the one place the sampling settings are declared: their defaults, help,
 choices and bounds (charnn.settings). May import errors, settings and data.vocab.
 """
 
