@@ -3,12 +3,15 @@
 Sampling knows only ids; text is encoded and decoded at the edges (the CLI, the server,
 the Python API). `generate` primes the state on the prompt in one pass, then steps one
 character at a time carrying the state: each step is O(1) in the length of the context.
-`SampleConfig` is the one place the sampling settings are declared: their defaults, help,
+`sample_rows` is the one sampler, right for every setting within SampleConfig's bounds:
+float32 arithmetic where it holds, float64 for the rows at its edges. `SampleConfig` is the one place the sampling settings are declared: their defaults, help,
 choices and bounds (charnn.settings). May import errors, settings and data.vocab.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -54,20 +57,37 @@ def sample_next(
 
     The same draw as `torch.multinomial(probs, 1, generator=generator)` (see sample_rows),
     and the same code as the server's batched sampler, so a seed means the same text
-    everywhere.
+    everywhere. Every setting within SampleConfig's bounds is drawn: a temperature beyond
+    float32's range becomes inf (the uniform limit), a positive one below it float32's
+    smallest (the argmax limit: only 0 is greedy), a top_k beyond the vocabulary its size (off).
     """
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        return _argmax(logits)
     B, V = logits.shape
     device = logits.device
     noise = torch.empty(B, V, device=device).exponential_(generator=generator)  # (B, V)
     return sample_rows(
         logits,
-        torch.full((B,), float(temperature), device=device),
-        torch.full((B,), int(top_k), dtype=torch.long, device=device),
-        torch.full((B,), float(top_p), device=device),
+        torch.full((B,), _float32(temperature), device=device),
+        torch.full((B,), min(int(top_k), V), dtype=torch.long, device=device),
+        torch.full((B,), _float32(top_p), device=device),
         noise,
     )
+
+
+def _float32(v: float) -> float:
+    """The float32 nearest v, as a Python float: inf beyond float32's range, and float32's
+    smallest positive value for a positive v that would round to 0."""
+    try:
+        f = struct.unpack("f", struct.pack("f", v))[0]
+    except OverflowError:
+        return math.copysign(math.inf, v)
+    return f if f != 0 or v <= 0 else 2.0**-149
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Greedy ids (B,): the first most likely token; NaN is no candidate."""
+    return logits.nan_to_num(float("-inf"), float("inf"), float("-inf")).argmax(dim=-1)
 
 
 def sample_rows(
@@ -81,32 +101,80 @@ def sample_rows(
 
     logits (B, V); temperature, top_p float32 (B,); top_k int64 (B,); noise (B, V) float32.
     This is the one sampler: sample_next calls it for a batch with shared settings, the
-    server for requests with different settings and seeds sharing one step. The draw is torch.multinomial's own for one sample: argmax of
-    p / q with q ~ Exp(1) (aten/src/ATen/native/Distributions.cpp), so if row i of `noise`
-    is `torch.empty(1, V).exponential_(generator=g)`, row i of the result is exactly
+    server for requests with different settings and seeds sharing one step. The draw is
+    torch.multinomial's own for one sample: argmax of p / q with q ~ Exp(1)
+    (aten/src/ATen/native/Distributions.cpp), so if row i of `noise` is
+    `torch.empty(1, V).exponential_(generator=g)`, row i of the result is exactly
     `sample_next(logits[i:i+1], temperature[i], top_k[i], top_p[i], g)` (and consumes g the
     same way), whatever the other rows hold. Greedy rows (temperature 0) ignore their noise.
-    Top-k keeps the k largest logits; top-p then keeps the smallest set of most likely
-    tokens whose probability reaches p (never dropping the most likely one).
+    Top-k keeps the k largest logits (and those tied with the k-th); top-p then keeps the
+    smallest set of most likely tokens whose probability reaches p, never dropping the most
+    likely one.
+
+    A token whose logit is -inf (banned) or NaN is never drawn, at any temperature in
+    [0, inf] and top_p in [0, 1]. The arithmetic is float32 as it has always been (same seed,
+    same text); a row it cannot carry (logits / t overflows to inf or NaN, a NaN logit, no
+    token left, or a 0 / 0 draw) is drawn again by `_redraw`, exactly, with the same noise.
     """
-    B, V = logits.shape
     greedy = temperature == 0  # (B,)
-    x = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]  # (B, V)
-    use_k = (top_k > 0) & (top_k < V)
-    if bool(use_k.any()):
-        k_max = int(top_k[use_k].max())
-        top = torch.topk(x, k_max, dim=-1).values  # (B, k_max)
-        kth = top.gather(1, (top_k.clamp(1, k_max) - 1)[:, None])  # (B, 1)
-        x = x.masked_fill(use_k[:, None] & (x < kth), float("-inf"))
+    # Top-k and top-p rank the logits, not logits / t: distinct logits stay distinct however
+    # large t is (top_k 1 is greedy), and ties fall where ranking logits / t put them.
+    rank = _top_k(logits.float(), top_k)  # (B, V), -inf where top-k cut
+    x = rank / torch.where(greedy, 1.0, temperature)[:, None]  # (B, V)
+    scores = _top_p_scores(rank, x, top_p, noise)  # (B, V): probability / noise
+    nxt = torch.where(greedy, rank.argmax(dim=-1), scores.argmax(dim=-1))
+    if math.isnan(float(scores.sum())):  # never for finite logits / t and a non-zero noise
+        rows = scores.isnan().any(dim=-1).nonzero().squeeze(1)
+        redrawn = _redraw(logits[rows], temperature[rows], top_k[rows], top_p[rows], noise[rows])
+        nxt[rows] = redrawn.to(nxt.device)
+    return nxt
+
+
+def _top_k(rank: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """`rank` (B, V) with -inf below each row's k-th largest (top_k 0 or >= V: off)."""
+    use_k = (top_k > 0) & (top_k < rank.shape[1])
+    if not bool(use_k.any()):
+        return rank
+    k_max = int(top_k[use_k].max())
+    top = torch.topk(rank, k_max, dim=-1).values  # (B, k_max)
+    kth = top.gather(1, (top_k.clamp(1, k_max) - 1)[:, None])  # (B, 1)
+    return rank.masked_fill(use_k[:, None] & (rank < kth), float("-inf"))
+
+
+def _top_p_scores(rank: torch.Tensor, x: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """softmax(x) / noise (B, V) after top-p; x is monotone in `rank`, -inf where it is."""
     use_p = top_p < 1.0
     if bool(use_p.any()):
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        order = torch.sort(rank, dim=-1, descending=True).indices
+        sorted_x = x.gather(1, order)
         probs = torch.softmax(sorted_x, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs
         drop = use_p[:, None] & (before >= top_p[:, None])
+        drop[:, 0] = False  # a top_p that rounds to 0 still keeps the most likely
         x = x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(x, dim=-1)  # (B, V)
-    return torch.where(greedy, logits.argmax(dim=-1), (probs / noise).argmax(dim=-1))
+    return torch.softmax(x, dim=-1) / noise
+
+
+def _redraw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+            noise: torch.Tensor) -> torch.Tensor:
+    """sample_rows for the rows float32 could not carry: in float64, on the CPU (which has it).
+
+    softmax(l / t) = softmax((l - max) / t), and that cannot overflow: the most likely logits
+    get 0, the rest (l - max) / t in [-inf, 0]. So t = inf is the uniform limit over the
+    allowed tokens, a tiny t the argmax limit (ties shared). NaN counts as -inf; a +inf logit
+    outweighs every finite one; a row with no allowed token at all has nothing right to draw
+    and is uniform. A token of probability 0 is never drawn, whatever its noise.
+    """
+    inf = float("inf")
+    rank = logits.detach().cpu().double()
+    rank = _top_k(rank.masked_fill(rank.isnan(), -inf), top_k.detach().cpu())  # (B, V)
+    t = temperature.detach().cpu().double()[:, None]  # (B, 1)
+    best = rank.amax(dim=-1, keepdim=True)  # (B, 1), never cut by top-k
+    z = torch.where((rank == -inf) | (best == inf), -inf, (rank - best) / t)
+    z = z.masked_fill(rank == best, 0.0)  # (B, V), max 0
+    scores = _top_p_scores(rank, z, top_p.detach().cpu(), noise.detach().cpu().double())
+    drawn = scores.nan_to_num(0.0).argmax(dim=-1)  # 0 / 0: a probability 0 against a noise of 0
+    return torch.where(t[:, 0] == 0, rank.argmax(dim=-1), drawn)
 
 
 @torch.inference_mode()
