@@ -61,3 +61,10 @@ else:
 result["writes"] = writes
 with open(os.path.join(spec["results"], f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
+# Leave without the interpreter's teardown: about one run in five on a loaded 2-core machine, a
+# gloo thread still joinable when the process exits aborts it ("terminate called without an
+# active exception", SIGABRT) after all the work is done and reported; the same happens on the
+# commit before this session's changes. The results above are what the tests check.
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
