@@ -9,6 +9,7 @@ Imports data, models, checkpoint, devices and settings; nothing of the loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
 from charnn.devices import DTYPES, check_dtype, resolve_device, resolve_dtype
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig
-from charnn.settings import field_problems, setting
+from charnn.settings import field_problems, setting, type_problems
 from charnn.train.presets import preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
@@ -59,18 +60,18 @@ class TrainConfig:
     patience: int = setting(0, "stop after N evaluations without improvement, 0 = off", ge=0)
     save_every: int = setting(0, "save a resume point every N steps, 0 = only at the end", ge=0)
     log_every: int = setting(50, "steps between metrics lines", positive=True)
-    seed: int = setting(1337, "random seed (weights, dropout, batch order)")
+    seed: int = setting(1337, "random seed (weights, dropout, batch order)", ge=0, lt=2**63)  # torch's range, with room
     sample_chars: int = setting(300, "characters of sample printed at the end, 0 = none", ge=0)
     dtype: str = setting("auto", "autocast precision; auto = bfloat16 where the hardware has it natively",
                          choices=("auto", *DTYPES))
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N, mps")
-    threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0)
+    threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0, le=1024)  # 65536: libgomp aborts
     # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
     preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
                           metavar="NAME", shown="", flag=False)
 
     def problems(self) -> list[str]:
-        return field_problems(self)
+        return field_problems(self) + type_problems(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -124,7 +125,12 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
 
 def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelConfig, TrainConfig]:
     files = checkpoint.read_run(resume)
+    check_resumable(files.path)
     saved = TrainConfig.from_dict(files.train)
+    if problems := saved.problems():  # named as settings of the file, not as flags given
+        shown = "; ".join(re.sub(r"^--([a-z-]+)", lambda m: m[1].replace("-", "_"), p) for p in problems)
+        raise CharnnError(f"{files.path / checkpoint.CONFIG} holds invalid training settings ({shown}); "
+                          f"restore it, or start a new run with --out")
 
     def then(k: str):
         return getattr(files.model_config if k in model_kw else saved, k)
@@ -134,9 +140,34 @@ def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelC
         shown = ", ".join(f"--{k.replace('_', '-')} (the run has {then(k)!r})" for k in changed)
         raise CharnnError(f"cannot change {shown} when resuming {resume}; drop the flag, or start a new run with --out")
     cfg = replace(saved, **{k: v for k, v in train_kw.items() if k in RESUME_OVERRIDES}, out=str(resume))
+    if problems := cfg.problems():  # the flags given now
+        raise CharnnError("; ".join(problems))
     cfg.device = resolve_device(cfg.device)  # the run's GPU may be missing here: say so
     check_dtype(cfg.dtype, cfg.device)
     return files.model_config, cfg
+
+
+def check_resumable(run: Path) -> None:
+    """Refuse to resume a run that trained before but has lost its resume point: training
+    from step 0 would overwrite its best weights and its metrics history. A run killed before
+    it wrote anything (only config.json and vocab.json) starts from step 0, as it should."""
+    if checkpoint.has_checkpoint(run):
+        return
+    held = []
+    try:
+        if (run / checkpoint.BEST).exists():
+            held.append(f"trained weights ({checkpoint.BEST})")
+        metrics = run / checkpoint.METRICS
+        if n := sum(1 for line in metrics.read_bytes().splitlines() if line.strip()) if metrics.exists() else 0:
+            held.append(f"{n} metrics line{'s' if n != 1 else ''} ({checkpoint.METRICS})")
+    except OSError as e:
+        raise CharnnError(f"cannot read {e.filename}: {e.strerror}") from None
+    if held:
+        raise CharnnError(
+            f"{run} has no resume point ({checkpoint.LAST} is missing) but holds {' and '.join(held)}; "
+            f"resuming would train from step 0 over them: restore {checkpoint.LAST}, or start a new "
+            f"run with --out (a run writes its resume point at the end, and every N steps with --save-every N)"
+        )
 
 
 def _default_out(corpus: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""Setting a run up: its corpus, the model, the optimizer and mixed precision.
+"""Setting a run up: its corpus, the model (checked to fit in memory first), the optimizer and mixed precision.
 
 Each function is local to one process (no collective call), so the trainer can build
 everything inside Dist.agree and every rank fails together. Imports data, models,
@@ -7,11 +7,13 @@ checkpoint and devices.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import torch
 
 from charnn import checkpoint
 from charnn.data.source import OpenedCorpus, open_corpus
-from charnn.devices import DTYPES
+from charnn.devices import DTYPES, format_bytes, memory_limit
 from charnn.errors import CharnnError
 from charnn.models import CharLM, ModelConfig, build_model
 from charnn.train.config import TrainConfig
@@ -24,6 +26,51 @@ def check_batch_split(batch_size: int, world: int) -> None:
             f"--batch-size {batch_size} is the global batch and must split evenly over "
             f"the {world} processes; use a multiple of {world}"
         )
+
+
+# The settings that size the model and the batch, in the order a message names them.
+SIZE_FLAGS = ("hidden", "layers", "embed", "expand", "mlp", "conv", "batch_size", "seq_len")
+
+
+def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device: str) -> None:
+    """Refuse, before anything is built, a model whose weights, gradients, AdamW moments and one
+    batch's activations cannot fit in the device's memory (a lower bound: what is refused
+    cannot train; what passes may still be too big). The message names the flag to lower: the
+    one whose default would shrink the estimate most."""
+    limit = memory_limit(device)
+    if limit is None or model_config.problems() or cfg.problems():  # the problems are reported elsewhere
+        return
+    available, where = limit
+
+    def needed(m: ModelConfig, c: TrainConfig) -> int:
+        return m.estimated_bytes(training=True, batch_size=c.batch_size // world, seq_len=c.seq_len,
+                                 value_bytes=4 if c.dtype == "float32" else 2)
+
+    need = needed(model_config, cfg)
+    if need <= available:
+        return
+    smallest, culprit = need, None
+    for name in SIZE_FLAGS:  # the flag whose least value would shrink the estimate most
+        is_model = name in {f.name for f in fields(ModelConfig)}
+        config = model_config if is_model else cfg
+        least = 0 if name in ("mlp", "conv") else 1
+        if getattr(config, name) <= least or (name == "embed" and model_config.input != "embedding"):
+            continue
+        smaller = replace(config, **{name: least})
+        n = needed(smaller, cfg) if is_model else needed(model_config, smaller)
+        if n < smallest:
+            smallest, culprit = n, name
+    params = model_config.parameter_count()
+    what = f"{params:,} parameters with their gradients and AdamW's two moments, and one batch's activations"
+    if culprit in ("batch_size", "seq_len"):
+        given, fix = f"--batch-size {cfg.batch_size} x --seq-len {cfg.seq_len}", "lower --batch-size or --seq-len"
+    elif culprit is not None:
+        value = getattr(model_config, culprit)
+        given, fix = f"--{culprit} {value if isinstance(value, int) else format(value, 'g')}", f"lower --{culprit}"
+    else:
+        given, fix = "this model and batch", "use a smaller model (--hidden, --layers) or batch (--batch-size)"
+    raise CharnnError(f"{given} needs at least {format_bytes(need)} of memory to train ({what}), more than "
+                      f"{where} ({format_bytes(available)}); {fix}")
 
 
 def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> OpenedCorpus:
