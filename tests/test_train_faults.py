@@ -136,6 +136,13 @@ def test_the_memory_check_names_what_to_lower(corpus_file, tmp_path, monkeypatch
         charnn.train(**settings(corpus_file, tmp_path / "v", max_steps=1, input="onehot", hidden=32,
                                 batch_size=1, seq_len=1), progress=False)
     assert not any((tmp_path / n).exists() for n in ("h", "b", "v"))
+    # A resumed run cannot change its sizes: the message names its config.json instead of flags.
+    monkeypatch.setattr(train_setup, "memory_limit", lambda device: (50_000, "this machine's memory"))
+    before = snapshot(tmp_path / "ok")
+    with pytest.raises(CharnnError, match=rf"^the run {tmp_path / 'ok'} \(hidden 16 in its config.json\) needs at "
+                                          rf"least .*; resume it on a machine with more memory$"):
+        charnn.train(resume=str(tmp_path / "ok"), max_steps=2, progress=False)
+    assert snapshot(tmp_path / "ok") == before
 
 
 @pytest.mark.parametrize("kw,message", [

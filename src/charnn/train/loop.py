@@ -141,7 +141,7 @@ class Trainer:
 
         run = checkpoint.read_run(self.run_dir) if resume else None
         # Before the corpus is read (the vocabulary of a new run is not known yet: a lower bound)...
-        check_memory(run.model_config if run else model_config, cfg, world, str(self.device))
+        check_memory(run.model_config if run else model_config, cfg, world, str(self.device), run)
         corpus = training_corpus(cfg, run)  # text read and encoded in memory, or a prepared token file
         self.vocab = corpus.vocab
         self.model_config = run.model_config if run else replace(model_config, vocab_size=len(self.vocab))

@@ -16,6 +16,7 @@ from charnn.data.source import OpenedCorpus, open_corpus
 from charnn.devices import DTYPES, format_bytes, memory_limit
 from charnn.errors import CharnnError
 from charnn.models import CharLM, ModelConfig, build_model
+from charnn.settings import flag_name
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
 
@@ -28,15 +29,17 @@ def check_batch_split(batch_size: int, world: int) -> None:
         )
 
 
-# The settings that size the model and the batch, in the order a message names them.
+# The settings that size the model and the batch, in the order they are weighed.
 SIZE_FLAGS = ("hidden", "layers", "embed", "expand", "mlp", "conv", "batch_size", "seq_len")
 
 
-def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device: str) -> None:
+def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device: str,
+                 run: checkpoint.RunFiles | None = None) -> None:
     """Refuse, before anything is built, a model whose weights, gradients, AdamW moments and one
     batch's activations cannot fit in the device's memory (a lower bound: what is refused
-    cannot train; what passes may still be too big). The message names the flag to lower: the
-    one whose default would shrink the estimate most."""
+    cannot train; what passes may still be too big). The message names the setting to lower:
+    the one whose least value would shrink the estimate most; for a resumed `run`, a setting
+    of its config.json (they cannot change on resume)."""
     limit = memory_limit(device)
     if limit is None or model_config.problems() or cfg.problems():  # the problems are reported elsewhere
         return
@@ -49,28 +52,30 @@ def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device
     need = needed(model_config, cfg)
     if need <= available:
         return
-    smallest, culprit = need, None
-    for name in SIZE_FLAGS:  # the flag whose least value would shrink the estimate most
+    smallest, culprit = need, "hidden"
+    for name in SIZE_FLAGS:
         is_model = name in {f.name for f in fields(ModelConfig)}
         config = model_config if is_model else cfg
         least = 0 if name in ("mlp", "conv") else 1
-        if getattr(config, name) <= least or (name == "embed" and model_config.input != "embedding"):
-            continue
-        smaller = replace(config, **{name: least})
-        n = needed(smaller, cfg) if is_model else needed(model_config, smaller)
-        if n < smallest:
-            smallest, culprit = n, name
-    params = model_config.parameter_count()
-    what = f"{params:,} parameters with their gradients and AdamW's two moments, and one batch's activations"
-    if culprit in ("batch_size", "seq_len"):
-        given, fix = f"--batch-size {cfg.batch_size} x --seq-len {cfg.seq_len}", "lower --batch-size or --seq-len"
-    elif culprit is not None:
-        value = getattr(model_config, culprit)
-        given, fix = f"--{culprit} {value if isinstance(value, int) else format(value, 'g')}", f"lower --{culprit}"
+        if getattr(config, name) > least:
+            smaller = replace(config, **{name: least})
+            n = needed(smaller, cfg) if is_model else needed(model_config, smaller)
+            if n < smallest:
+                smallest, culprit = n, name
+    names = ("batch_size", "seq_len") if culprit in ("batch_size", "seq_len") else (culprit,)
+    values = {n: getattr(cfg if n in ("batch_size", "seq_len") else model_config, n) for n in names}
+    shown = {n: v if isinstance(v, int) else format(v, "g") for n, v in values.items()}
+    if run is None:
+        given = " x ".join(f"{flag_name(n)} {v}" for n, v in shown.items())
+        fix = f"lower {' or '.join(map(flag_name, names))}"
     else:
-        given, fix = "this model and batch", "use a smaller model (--hidden, --layers) or batch (--batch-size)"
-    raise CharnnError(f"{given} needs at least {format_bytes(need)} of memory to train ({what}), more than "
-                      f"{where} ({format_bytes(available)}); {fix}")
+        given = f"the run {run.path} ({', '.join(f'{n} {v}' for n, v in shown.items())} in its {checkpoint.CONFIG})"
+        fix = "resume it on a machine with more memory"
+    raise CharnnError(
+        f"{given} needs at least {format_bytes(need)} of memory to train ({model_config.parameter_count():,} "
+        f"parameters with their gradients and AdamW's two moments, and one batch's activations), more than "
+        f"{where} ({format_bytes(available)}); {fix}"
+    )
 
 
 def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> OpenedCorpus:
