@@ -25,7 +25,7 @@ from charnn.errors import CharnnError
 from conftest import TINY_MODEL, TINY_TRAIN
 from test_train import assert_identical
 
-train_setup = importlib.import_module("charnn.train.setup")
+train_config = importlib.import_module("charnn.train.config")  # charnn.train is also the function
 
 
 def settings(corpus, out, **kw):
@@ -124,20 +124,20 @@ def test_absurd_sizes_from_the_command_line(corpus_file, tmp_path):
 
 
 def test_the_memory_check_names_what_to_lower(corpus_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_setup, "memory_limit", lambda device: (200_000, "this machine's memory"))
+    monkeypatch.setattr(train_config, "memory_limit", lambda device: (200_000, "this machine's memory"))
     charnn.train(**settings(corpus_file, tmp_path / "ok", max_steps=1), progress=False)  # ~80 KB: fits
     with pytest.raises(CharnnError, match=r"^--hidden 128 needs at least 1.\d MB .*\(195.3 KB\); lower --hidden$"):
         charnn.train(**settings(corpus_file, tmp_path / "h", max_steps=1, hidden=128), progress=False)
     with pytest.raises(CharnnError, match=r"^--batch-size 256 x --seq-len 16 needs .*--seq-len$"):
         charnn.train(**settings(corpus_file, tmp_path / "b", max_steps=1, batch_size=256), progress=False)
     # A vocabulary too large for one-hot input is caught once the corpus is read, before the build.
-    monkeypatch.setattr(train_setup, "memory_limit", lambda device: (60_000, "this machine's memory"))
+    monkeypatch.setattr(train_config, "memory_limit", lambda device: (60_000, "this machine's memory"))
     with pytest.raises(CharnnError, match="needs at least"):
         charnn.train(**settings(corpus_file, tmp_path / "v", max_steps=1, input="onehot", hidden=32,
                                 batch_size=1, seq_len=1), progress=False)
     assert not any((tmp_path / n).exists() for n in ("h", "b", "v"))
     # A resumed run cannot change its sizes: the message names its config.json instead of flags.
-    monkeypatch.setattr(train_setup, "memory_limit", lambda device: (50_000, "this machine's memory"))
+    monkeypatch.setattr(train_config, "memory_limit", lambda device: (50_000, "this machine's memory"))
     before = snapshot(tmp_path / "ok")
     with pytest.raises(CharnnError, match=rf"^the run {tmp_path / 'ok'} \(hidden 16 in its config.json\) needs at "
                                           rf"least .*; resume it on a machine with more memory$"):

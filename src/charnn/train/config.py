@@ -4,6 +4,9 @@ Each TrainConfig field carries its default, help, choices and bounds once (charn
 the `charnn train` flags, their --help, the keywords of charnn.train() and the validation
 messages all come from it. resolve() layers them: the field defaults <- a preset <- the
 settings given; or, for `--resume`, the run's saved settings <- the few that may change.
+It refuses a resume that would train a run from step 0 over what it holds
+(check_resumable), and sizes that cannot fit in memory (check_memory), before anything
+is read or built.
 Imports data, models, checkpoint, devices and settings; nothing of the loop.
 """
 
@@ -16,10 +19,17 @@ from pathlib import Path
 from charnn import checkpoint
 from charnn.data.batching import LAYOUTS
 from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
-from charnn.devices import DTYPES, check_dtype, resolve_device, resolve_dtype
+from charnn.devices import (
+    DTYPES,
+    check_dtype,
+    format_bytes,
+    memory_limit,
+    resolve_device,
+    resolve_dtype,
+)
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig
-from charnn.settings import field_problems, setting, type_problems
+from charnn.settings import field_problems, flag_name, setting, type_problems
 from charnn.train.presets import preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
@@ -99,11 +109,14 @@ def split_settings(settings: dict) -> tuple[dict, dict]:
     return model, train
 
 
-def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """The configs a run will use: defaults <- settings (or: the saved run <- allowed settings)."""
+def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a run will use: defaults <- settings (or: the saved run <- allowed settings),
+    checked to fit in memory (with `world` processes sharing each batch)."""
     model_kw, train_kw = split_settings(settings)
     if resume is not None:
-        return _resolve_resume(model_kw, train_kw, resume)
+        files, model_config, cfg = _resolve_resume(model_kw, train_kw, resume)
+        check_memory(model_config, cfg, world, cfg.device, files)
+        return model_config, cfg
     if train_kw.get("preset"):
         preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
         model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}
@@ -120,10 +133,13 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
     cfg.device = resolve_device(cfg.device)
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)
     check_dtype(cfg.dtype, cfg.device)
+    check_memory(model_config, cfg, world, cfg.device)  # the vocabulary is not known yet: a lower bound
     return model_config, cfg
 
 
-def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelConfig, TrainConfig]:
+def _resolve_resume(
+    model_kw: dict, train_kw: dict, resume: str
+) -> tuple[checkpoint.RunFiles, ModelConfig, TrainConfig]:
     files = checkpoint.read_run(resume)
     check_resumable(files.path)
     saved = TrainConfig.from_dict(files.train)
@@ -144,7 +160,7 @@ def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelC
         raise CharnnError("; ".join(problems))
     cfg.device = resolve_device(cfg.device)  # the run's GPU may be missing here: say so
     check_dtype(cfg.dtype, cfg.device)
-    return files.model_config, cfg
+    return files, files.model_config, cfg
 
 
 def check_resumable(run: Path) -> None:
@@ -168,6 +184,55 @@ def check_resumable(run: Path) -> None:
             f"resuming would train from step 0 over them: restore {checkpoint.LAST}, or start a new "
             f"run with --out (a run writes its resume point at the end, and every N steps with --save-every N)"
         )
+
+
+# The settings that size the model and the batch, in the order they are weighed.
+SIZE_FLAGS = ("hidden", "layers", "embed", "expand", "mlp", "conv", "batch_size", "seq_len")
+
+
+def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device: str,
+                 run: checkpoint.RunFiles | None = None) -> None:
+    """Refuse, before anything is built, a model whose weights, gradients, AdamW moments and one
+    batch's activations cannot fit in the device's memory (a lower bound: what is refused
+    cannot train; what passes may still be too big). The message names the setting to lower:
+    the one whose least value would shrink the estimate most; for a resumed `run`, a setting
+    of its config.json (they cannot change on resume)."""
+    limit = memory_limit(device)
+    if limit is None or model_config.problems() or cfg.problems():  # the problems are reported elsewhere
+        return
+    available, where = limit
+
+    def needed(m: ModelConfig, c: TrainConfig) -> int:
+        return m.estimated_bytes(training=True, batch_size=c.batch_size // world, seq_len=c.seq_len,
+                                 value_bytes=4 if c.dtype == "float32" else 2)
+
+    need = needed(model_config, cfg)
+    if need <= available:
+        return
+    smallest, culprit = need, "hidden"
+    for name in SIZE_FLAGS:
+        is_model = name in {f.name for f in fields(ModelConfig)}
+        config = model_config if is_model else cfg
+        least = 0 if name in ("mlp", "conv") else 1
+        if getattr(config, name) > least:
+            smaller = replace(config, **{name: least})
+            n = needed(smaller, cfg) if is_model else needed(model_config, smaller)
+            if n < smallest:
+                smallest, culprit = n, name
+    names = ("batch_size", "seq_len") if culprit in ("batch_size", "seq_len") else (culprit,)
+    values = {n: getattr(cfg if n in ("batch_size", "seq_len") else model_config, n) for n in names}
+    shown = {n: v if isinstance(v, int) else format(v, "g") for n, v in values.items()}
+    if run is None:
+        given = " x ".join(f"{flag_name(n)} {v}" for n, v in shown.items())
+        fix = f"lower {' or '.join(map(flag_name, names))}"
+    else:
+        given = f"the run {run.path} ({', '.join(f'{n} {v}' for n, v in shown.items())} in its {checkpoint.CONFIG})"
+        fix = "resume it on a machine with more memory"
+    raise CharnnError(
+        f"{given} needs at least {format_bytes(need)} of memory to train ({model_config.parameter_count():,} "
+        f"parameters with their gradients and AdamW's two moments, and one batch's activations), more than "
+        f"{where} ({format_bytes(available)}); {fix}"
+    )
 
 
 def _default_out(corpus: list[str]) -> str:

@@ -14,9 +14,10 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py; what is left here reads top to bottom:
-__init__ (set up or restore), save, train_step, evaluate, _log, run and _loop. Imports
-those modules and config, distributed, and checkpoint, evaluate and progress below them.
+target and the learning rate in schedule.py, the writes to the run directory in writes.py;
+what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
+evaluate, _log, run and _loop. Imports those modules and config, distributed, and
+checkpoint, evaluate and progress below them.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ import torch
 
 from charnn import checkpoint
 from charnn.data.batching import make_batches
-from charnn.errors import CharnnError
 from charnn.evaluate import evaluate_ids
-from charnn.files import remove_temporaries
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
@@ -52,13 +51,13 @@ from charnn.train.schedule import (
 )
 from charnn.train.setup import (
     check_batch_split,
-    check_memory,
     make_optimizer,
     mixed_precision,
     seeded_model,
     training_corpus,
 )
 from charnn.train.state import ResumeState, gather_tensors, restore_hidden, restore_rng
+from charnn.train.writes import RunWriter
 
 
 @dataclass
@@ -88,15 +87,6 @@ class Summary:
 
 class _Diverged(Exception):
     pass
-
-
-def _what_is_left(run_dir: Path, step: int, saved_step: int | None) -> str:
-    """After a failed write: where training stopped, and what the run can still do."""
-    if saved_step is None:
-        return (f"training stopped at step {step}, before its first resume point: once that is fixed, "
-                f"start a new run with --out (--save-every N writes a resume point every N steps)")
-    return (f"training stopped at step {step}; the resume point of step {saved_step} is intact: "
-            f"once that is fixed, continue with charnn train --resume {run_dir}")
 
 
 @contextmanager
@@ -140,13 +130,9 @@ class Trainer:
         check_batch_split(cfg.batch_size, world)
 
         run = checkpoint.read_run(self.run_dir) if resume else None
-        # Before the corpus is read (the vocabulary of a new run is not known yet: a lower bound)...
-        check_memory(run.model_config if run else model_config, cfg, world, str(self.device), run)
         corpus = training_corpus(cfg, run)  # text read and encoded in memory, or a prepared token file
         self.vocab = corpus.vocab
         self.model_config = run.model_config if run else replace(model_config, vocab_size=len(self.vocab))
-        if run is None:  # ... and again with it, before the model is built
-            check_memory(self.model_config, cfg, world, str(self.device))
         # Rank r reads columns r*b .. r*b + b - 1 of the global layout of B columns.
         self.batches = make_batches(cfg.batching, corpus.train_ids, cfg.batch_size // world, cfg.seq_len,
                                     cfg.seed, self.dist.rank, world, reset_prob=cfg.reset_prob)
@@ -158,7 +144,7 @@ class Trainer:
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
         self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
         self.hidden = None  # the carried hidden state
-        self.saved_step: int | None = None  # the step of the resume point on disk; None = none yet
+        self.writer = RunWriter(self.dist, self.run_dir)
         if resume:
             self._restore()
         elif self.dist.is_main:
@@ -167,10 +153,7 @@ class Trainer:
     # --- the resume point ----------------------------------------------------------------
     def _restore(self) -> None:
         if self.dist.is_main:
-            try:
-                remove_temporaries(self.run_dir)
-            except OSError as e:
-                raise CharnnError(f"cannot clean up {self.run_dir}: {e.strerror or e}") from None
+            self.writer.clean_up()
         if not checkpoint.has_checkpoint(self.run_dir):
             return  # killed before it wrote anything (config.check_resumable): start from step 0
         ck = checkpoint.load_checkpoint(self.run_dir)
@@ -187,13 +170,7 @@ class Trainer:
         restore_rng(ck.extra, saved.world_size, self.dist, self.device, reseed, self.progress.message)
         if saved.has_state:
             self.hidden = restore_hidden(ck.extra, self.model, self.cfg.batch_size, self.dist, self.device)
-        self.saved_step = saved.step
-        if self.dist.is_main:
-            try:
-                checkpoint.truncate_metrics(self.run_dir, saved.step)
-            except OSError as e:
-                raise CharnnError(f"cannot rewrite {self.run_dir / checkpoint.METRICS}: {e.strerror or e}; "
-                                  f"the resume point is intact: once that is fixed, resume again") from None
+        self.writer.resumed_at(saved.step)
 
     def save(self) -> None:
         """Write the resume point (a collective: every rank sends its state rows and RNG)."""
@@ -205,27 +182,8 @@ class Trainer:
             self.state, world_size=self.dist.world_size, batches=self.batches.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
         )
-        self._write(checkpoint.LAST, lambda: checkpoint.save_checkpoint(
+        self.writer.resume_point(self.state.step, lambda: checkpoint.save_checkpoint(
             self.run_dir, self.model, self.optimizer, tensors, state.to_dict()))
-        self.saved_step = self.state.step
-
-    def _write(self, name: str, write: Callable[[], None]) -> None:
-        """Rank 0 writes the file `name` of the run; should it fail (a full disk, a lost
-        permission), every rank stops here with one line that says what the run still holds.
-        A collective (Dist.agree): every rank calls it at the same point."""
-
-        def attempt() -> None:
-            if not self.dist.is_main:
-                return
-            try:
-                write()
-            except OSError as e:  # the write itself: name the run's file, not a temporary sibling
-                left = _what_is_left(self.run_dir, self.state.step, self.saved_step)
-                raise CharnnError(f"cannot write {self.run_dir / name}: {e.strerror or e}; {left}") from None
-            except CharnnError as e:
-                raise CharnnError(f"{e}; {_what_is_left(self.run_dir, self.state.step, self.saved_step)}") from None
-
-        self.dist.agree(attempt)
 
     # --- one step ------------------------------------------------------------------------
     def train_step(self) -> float:
@@ -273,7 +231,7 @@ class Trainer:
         s.last_eval_step = s.step
         if s.best_val is None or loss < s.best_val:
             s.best_val, s.best_step, s.bad_evals = loss, s.step, 0
-            self._write(checkpoint.BEST, lambda: checkpoint.save_weights(
+            self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
                 self.run_dir, self.model, self.vocab, {"step": s.step, "val_loss": loss, "protocol": "stateful"}))
         else:
             s.bad_evals += 1
@@ -302,7 +260,7 @@ class Trainer:
                     f"val loss {val:.4f} ({val / math.log(2):.3f} bpc)"
                     + (" *best*" if s.best_step == s.step else "")
                 )
-        self._write(checkpoint.METRICS, lambda: checkpoint.append_metrics(self.run_dir, record))
+        self.writer.write(checkpoint.METRICS, s.step, lambda: checkpoint.append_metrics(self.run_dir, record))
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -357,8 +315,8 @@ class Trainer:
             if s.step != s.last_eval_step and reason != "interrupted":
                 self._log(seconds(), chars_per_s, evaluate=True)
             if s.best_val is None and s.step > 0:
-                self._write(checkpoint.BEST, lambda: checkpoint.save_weights(self.run_dir, self.model, self.vocab,
-                                                                             {"step": s.step}))
+                self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
+                    self.run_dir, self.model, self.vocab, {"step": s.step}))
             s.elapsed += time.perf_counter() - started
             self.save()
         except _Diverged as e:
