@@ -3,11 +3,14 @@
     torchrun ... tests/ddp_driver.py SPEC_JSON
 
 SPEC is {"results": DIR, "watch": RUN_DIR, "argv": [charnn CLI arguments] or null,
-"settings": {charnn.train keywords} or null, "stop": {"rank": r, "step": k} or null}.
+"settings": {charnn.train keywords} or null, "stop": {"rank": r, "step": k} or null,
+"full_disk": {"step": k} or null}.
 - An audit hook (PEP 578) records every file this process opens for writing, creates,
   renames or removes under RUN_DIR, so a test can check that rank 0 alone writes.
 - "stop" makes `should_stop` true at step k on rank r only, so a test can check that a
   stop one rank decides on stops every rank at the same step.
+- "full_disk" makes rank 0's metrics append fail with ENOSPC from step k on, so a test can
+  check that a write error of rank 0 stops every rank.
 Each rank writes DIR/rank<R>.json with what it returned and what it wrote.
 """
 
@@ -43,8 +46,19 @@ def audit(event: str, args: tuple) -> None:
 sys.addaudithook(audit)
 
 import charnn  # noqa: E402
+from charnn import checkpoint  # noqa: E402
 from charnn.cli import main  # noqa: E402
 from charnn.errors import CharnnError  # noqa: E402
+
+if spec.get("full_disk") and rank == 0:
+    real_append = checkpoint.append_metrics
+
+    def full_disk(run_dir, record):
+        if record["step"] >= spec["full_disk"]["step"]:
+            raise OSError(28, os.strerror(28))  # ENOSPC
+        real_append(run_dir, record)
+
+    checkpoint.append_metrics = full_disk
 
 result: dict = {"rank": rank}
 if spec.get("argv") is not None:

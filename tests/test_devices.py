@@ -129,3 +129,27 @@ def test_two_gpus_with_nccl_match_one_gpu(corpus_file, tmp_path):
     for a, b in zip(m1, m2):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
     assert checkpoint.load_checkpoint(tmp_path / "two").trainer["world_size"] == 2
+
+
+def test_memory_limit_reads_the_machine_and_a_container_limit(tmp_path, monkeypatch):
+    import charnn.devices as devices
+    from charnn.devices import format_bytes, memory_limit
+
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("max\n")
+    v1.write_text(f"{2**62}\n")  # cgroup v1's "no limit"
+    monkeypatch.setattr(devices, "CGROUP_LIMITS", (str(v2), str(v1)))
+    physical, name = memory_limit("cpu")
+    assert physical > 2**26 and name == "this machine's memory"
+    v2.write_text(f"{physical // 2}\n")
+    assert memory_limit("cpu") == (physical // 2, "this container's memory limit")
+    assert [format_bytes(n) for n in (0, 1023, 1536, 2**30, 3 * 2**50, 2**70)] == [
+        "0 bytes", "1,023 bytes", "1.5 KB", "1.0 GB", "3.0 PB", "1,048,576.0 PB"]
+
+
+@needs_cuda
+def test_memory_limit_of_a_gpu_is_its_own():
+    from charnn.devices import memory_limit
+
+    total, name = memory_limit("cuda:0")
+    assert total == torch.cuda.get_device_properties(0).total_memory and name == "the memory of cuda:0"

@@ -213,6 +213,25 @@ def test_distributed_run_stops_together_and_resumes_bit_identically(straight):
 
 
 @pytest.mark.slow
+def test_a_write_error_on_rank_zero_stops_every_rank(straight, tmp_path):
+    """Rank 0's disk fills at step 25: both ranks stop there with the one line (rank 0 says
+    it), no rank hangs in a collective, and the resume point of step 20 resumes exactly."""
+    run = tmp_path / "full"
+    settings = {"corpus": [str(straight["corpus"])], "out": str(run), "max_steps": STEPS, "save_every": 10,
+                "dtype": "float32", **TINY_MODEL, **TINY_TRAIN}
+    _, ranks = drive(tmp_path / "report", run, settings=settings, full_disk={"step": 25})
+    assert [r["error"][0] for r in ranks] == ["CharnnError", "ReportedByRankZero"]
+    assert ranks[0]["error"][1] == ranks[1]["error"][1] == (
+        f"cannot write {run / 'metrics.jsonl'}: No space left on device; training stopped at step 25; the "
+        f"resume point of step 20 is intact: once that is fixed, continue with charnn train --resume {run}")
+    assert checkpoint.load_checkpoint(run).trainer["step"] == 20
+    p = torchrun("-m", "charnn", "train", "--resume", run, "--quiet")
+    assert p.returncode == 0, p.stdout + p.stderr
+    # The straight run saved only at its end; the checkpoints written on the way change nothing.
+    assert_identical(straight["run"], run)
+
+
+@pytest.mark.slow
 def test_time_budget_and_sigint_stop_all_ranks_together(straight, tmp_path):
     """A time budget (rank 0's step time decides the schedule for all) and a SIGINT to
     torchrun (forwarded to every worker) stop both ranks at one step with a resume point."""

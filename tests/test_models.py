@@ -74,3 +74,31 @@ def test_step_equals_forward(model):
     for t in range(6):
         logits, state = m.step(ids[:, t], state)
         torch.testing.assert_close(logits, whole[:, t], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ALL_CORES)
+@pytest.mark.parametrize("input", ["embedding", "onehot"])
+def test_parameter_count_is_what_build_model_makes(model, input):
+    """ModelConfig.parameter_count() sizes a model without building it (the memory check)."""
+    stackings = [{"block": "plain"}, {}, {"expand": 1.5, "mlp": 0.0, "conv": 0}, {"expand": 0.3, "mlp": 1.3, "conv": 2}]
+    for options in stackings if model in ("mingru", "minlstm") else [{}]:
+        for hidden, embed, layers in ((12, 6, 1), (12, 12, 3), (7, 5, 2)):
+            cfg = ModelConfig(model=model, input=input, vocab_size=11, hidden=hidden, embed=embed, layers=layers,
+                              **options)
+            assert cfg.parameter_count() == sum(p.numel() for p in build_model(cfg).parameters()), cfg
+            weights = 4 * cfg.parameter_count()
+            assert cfg.estimated_bytes() == weights
+            assert cfg.estimated_bytes(training=True, batch_size=2, seq_len=3) > 4 * weights
+
+
+def test_absurd_model_settings_are_refused_before_anything_is_built():
+    from charnn.errors import CharnnError
+
+    with pytest.raises(CharnnError, match=r"^--layers must be at most 1024, got 1000000$"):
+        build_model(ModelConfig(layers=10**6, hidden=1, vocab_size=5))
+    with pytest.raises(CharnnError, match=r"^--conv must be at most 256, got 100000$"):
+        build_model(ModelConfig(model="mingru", conv=10**5, vocab_size=5))
+    with pytest.raises(CharnnError, match=r"^--embed must be a positive integer, got x; vocab_size must be an integer"):
+        build_model(ModelConfig(embed="x", vocab_size="5"))
+    # problems() never fails on a value of the wrong type (a config.json can hold anything)
+    assert ModelConfig(model=["lstm"], block={"a": 1}, conv=[4], expand="x").problems()

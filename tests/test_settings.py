@@ -284,3 +284,32 @@ def test_every_setting_of_a_converted_command_is_a_flag(subcommands, command):
     [cls] = config_classes(command)
     flags = set(options(subcommands[command]))
     assert {f.name for f in fields(cls) if meta(f).get("flag")} <= flags
+
+
+def test_type_problems_check_what_field_problems_leaves_unchecked():
+    """A value of the wrong type for a field without bounds or choices (from the Python API)."""
+    from charnn.settings import type_problems
+
+    assert type_problems(Toy()) == [] and type_problems(Toy(key=None)) == []
+    bad = Toy(name=5, fast="yes", internal=True, key=3, count="x", mode=1, plain="z")
+    assert type_problems(bad) == [  # count and mode: field_problems' own messages; plain: no setting()
+        "--name must be a string, got 5",
+        "--fast must be True or False, got 'yes'",
+        "--key must be a string, got 3",
+        "internal must be an integer, got True",  # not a flag: named by its keyword
+    ]
+    assert type_problems(bad, ["key"]) == ["--key must be a string, got 3"]
+    Listy = make_dataclass("Listy", [("paths", list[str], setting([], "paths", flag=False))])
+    assert type_problems(Listy(paths="a.txt")) == ["paths must be a list of strings, got 'a.txt'"]
+    assert type_problems(Listy(paths=["a", 1])) == ["paths must be a list of strings, got ['a', 1]"]
+    assert type_problems(Listy(paths=["a"])) == []
+
+
+@pytest.mark.parametrize("module,cls", [
+    ("charnn.models", "ModelConfig"), ("charnn.train.config", "TrainConfig"),
+    ("charnn.infer.sampling", "SampleConfig"), ("charnn.serve.config", "ServeConfig"),
+])
+def test_every_default_has_the_type_its_field_declares(module, cls):
+    from charnn.settings import type_problems
+
+    assert type_problems(getattr(importlib.import_module(module), cls)()) == []

@@ -242,6 +242,38 @@ def field_problems(config, names: list[str] | None = None) -> list[str]:
     return problems
 
 
+# annotation -> (accepted types, what one is called, what several are called)
+_TYPES = {"int": ((int,), "an integer", "integers"), "float": ((int, float), "a number", "numbers"),
+          "str": ((str,), "a string", "strings"), "bool": ((bool,), "True or False", "booleans")}
+
+
+def type_problems(config, names: list[str] | None = None) -> list[str]:
+    """The fields that field_problems does not check (no bounds, no choices) whose value has the
+    wrong type, e.g. from the Python API (`train(seed="x")`): one message each. A bool is not an
+    integer here. A field that is not a flag is named by its keyword, not as a flag."""
+    problems = []
+    for f in fields(config):
+        m = meta(f)
+        if not m or (names is not None and f.name not in names):
+            continue
+        if m["choices"] is not None or _bounds_message(m) is not None:
+            continue  # field_problems checks the type with the value
+        v, t = getattr(config, f.name), _type_of(f)
+        name = flag_name(f.name) if m["flag"] else f.name
+        if v is None and "None" in t:
+            continue
+        base = t.split("|")[0]
+        if base.startswith("list["):
+            kinds, _, several = _TYPES.get(base[5:-1], ((object,), "", "values"))
+            if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, kinds) for x in v):
+                problems.append(f"{name} must be a list of {several}, got {v!r}")
+        elif base in _TYPES:
+            kinds, what, _ = _TYPES[base]
+            if (isinstance(v, bool) and base != "bool") or not isinstance(v, kinds):
+                problems.append(f"{name} must be {what}, got {v!r}")
+    return problems
+
+
 def from_settings(cls, settings: dict, what: str):
     """`cls(**settings)`, refusing names it does not have (one line naming them)."""
     known = {f.name for f in fields(cls)}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from charnn.errors import CharnnError
 from charnn.models import fused, minrnn, scratch
 from charnn.models.lm import CharLM
-from charnn.settings import default_of, field_problems, setting
+from charnn.settings import default_of, field_problems, setting, type_problems
 
 CORES = {
     "rnn": fused.rnn,
@@ -30,6 +30,13 @@ CORES = {
 }
 MIN_CORES = ("mingru", "minlstm")  # the cores that take the stacking options below
 INPUTS = ("embedding", "onehot")
+# Weight blocks per layer: the gates of the classic cells (torch's and the scratch ones lay
+# them out alike), the projections of a minGRU / minLSTM layer ([k, v] or [k_f, k_i, v]).
+GATES = {"rnn": 1, "lstm": 4, "gru": 3, "mingru": 2, "minlstm": 3}
+# Deeper stacks or wider convolutions than anyone trains take minutes just to build (a
+# 10,000-layer torch LSTM: ~30 s) or to run one step; refused up front instead.
+MAX_LAYERS = 1024
+MAX_CONV = 256
 
 
 @dataclass
@@ -60,16 +67,22 @@ class ModelConfig:
     def problems(self) -> list[str]:
         """Every invalid setting, as messages that name the flag."""
         # --block is checked after "auto" is resolved, against the stackings that exist.
-        return field_problems(self, [f.name for f in fields(self) if f.name != "block"]) + self._block_problems()
+        p = (field_problems(self, [f.name for f in fields(self) if f.name != "block"])
+             + type_problems(self, [f.name for f in fields(self) if f.name != "conv"]))  # conv: checked below
+        if isinstance(self.layers, int) and self.layers > MAX_LAYERS:
+            p.append(f"--layers must be at most {MAX_LAYERS}, got {self.layers}")
+        return p + self._block_problems()
 
     def _block_problems(self) -> list[str]:
         p = []
         if self.block not in minrnn.BLOCKS:
             p.append(f"--block must be one of {', '.join(minrnn.BLOCKS)}, got {self.block!r}")
-        elif self.block == "residual" and self.model in CORES and self.model not in MIN_CORES:
+        elif self.block == "residual" and self.model in tuple(CORES) and self.model not in MIN_CORES:
             p.append(f"--block residual needs --model {' or '.join(MIN_CORES)}, got --model {self.model}")
-        if not isinstance(self.conv, int) or self.conv < 0 or self.conv == 1:
+        if isinstance(self.conv, bool) or not isinstance(self.conv, int) or self.conv < 0 or self.conv == 1:
             p.append(f"--conv must be 0 (off) or a kernel size >= 2, got {self.conv}")
+        elif self.conv > MAX_CONV:
+            p.append(f"--conv must be at most {MAX_CONV}, got {self.conv}")
         if self.block != "residual":
             changed = [n for n in ("expand", "mlp", "conv") if getattr(self, n) != default_of(ModelConfig, n)]
             if changed:
@@ -78,6 +91,44 @@ class ModelConfig:
                          f"with --block residual (got --model {self.model}, --block {self.block}); drop "
                          f"{'it' if len(changed) == 1 else 'them'}")
         return p
+
+    # --- size, from the settings alone (nothing is built) ------------------------------------
+    # Valid only for settings without problems(); the vocabulary counts as it is (0 = not
+    # known yet, which leaves a lower bound).
+    def parameter_count(self) -> int:
+        """The number of parameters build_model(self) has (tested against it for every core)."""
+        V, H = self.vocab_size, self.hidden
+        embedded = self.input == "embedding"
+        size = self.embed if embedded else V  # what the core reads per character
+        return (V * self.embed if embedded else 0) + self._core_parameters(size) + H * V + V  # + the head
+
+    def _core_parameters(self, size: int) -> int:
+        H, L, g = self.hidden, self.layers, GATES[self.model.removesuffix("-scratch")]
+        if self.model not in MIN_CORES:  # weights and biases on the input and on the state
+            return g * H * (size + H + 2) + (L - 1) * g * H * (2 * H + 2)
+        if self.block == "plain":  # one projection with bias per layer
+            return g * H * (size + 1) + (L - 1) * g * H * (H + 1)
+        S, M, K = max(1, round(H * self.expand)), round(H * self.mlp), self.conv
+        block = (H * K + H if K else 0) + 2 * H + g * S * (H + 1) + S * H + H  # conv, norm, cell, out
+        block += 2 * H + H * M + M + M * H + H if M else 0  # norm and MLP
+        return (size * H if size != H else 0) + L * block + 2 * H  # input map, blocks, final norm
+
+    def _activations_per_char(self) -> int:
+        """A lower bound of the values one character of a training batch keeps for backward:
+        its input vector, each layer's gate pre-activations and output, and its logits (twice:
+        the loss works on a float32 copy)."""
+        state = max(1, round(self.hidden * self.expand)) if self.block == "residual" else self.hidden
+        gates = GATES[self.model.removesuffix("-scratch")]
+        size = self.embed if self.input == "embedding" else self.vocab_size
+        return size + self.layers * (gates + 1) * state + 2 * self.vocab_size
+
+    def estimated_bytes(self, *, training: bool = False, batch_size: int = 0, seq_len: int = 0,
+                        value_bytes: int = 4) -> int:
+        """A lower bound of the memory the model takes: its float32 weights; to train, also their
+        gradients and AdamW's two moments, and one batch of batch_size x seq_len characters'
+        activations of `value_bytes` each (2 under bfloat16 or float16 autocast)."""
+        weights = 4 * self.parameter_count() * (4 if training else 1)
+        return weights + batch_size * seq_len * self._activations_per_char() * value_bytes
 
     def block_options(self) -> dict:
         """The stacking options for a minGRU / minLSTM core."""
@@ -100,7 +151,7 @@ class ModelConfig:
 
 def build_model(config: ModelConfig) -> CharLM:
     problems = config.problems()
-    if config.vocab_size < 1:
+    if isinstance(config.vocab_size, int) and config.vocab_size < 1:  # else a type problem above
         problems.append("the vocabulary is empty")
     if problems:
         raise CharnnError("; ".join(problems))
@@ -110,4 +161,4 @@ def build_model(config: ModelConfig) -> CharLM:
     return CharLM(config, core)
 
 
-__all__ = ["CORES", "CharLM", "ModelConfig", "build_model"]
+__all__ = ["CORES", "MAX_CONV", "MAX_LAYERS", "CharLM", "ModelConfig", "build_model"]

@@ -34,7 +34,7 @@ def run_training(
     """Resolve the settings, set the run up and train it. Under torchrun every process calls
     this and they train one model together."""
     with session() as dist:
-        model_config, cfg = dist.agree(lambda: resolve(settings, resume))
+        model_config, cfg = dist.agree(lambda: resolve(settings, resume, dist.world_size))
         trainer = dist.agree(
             lambda: Trainer(model_config, cfg, resume=resume is not None, should_stop=should_stop,
                             progress=progress, dist=dist)

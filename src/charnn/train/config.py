@@ -4,21 +4,32 @@ Each TrainConfig field carries its default, help, choices and bounds once (charn
 the `charnn train` flags, their --help, the keywords of charnn.train() and the validation
 messages all come from it. resolve() layers them: the field defaults <- a preset <- the
 settings given; or, for `--resume`, the run's saved settings <- the few that may change.
+It refuses a resume that would train a run from step 0 over what it holds
+(check_resumable), and sizes that cannot fit in memory (check_memory), before anything
+is read or built.
 Imports data, models, checkpoint, devices and settings; nothing of the loop.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from charnn import checkpoint
 from charnn.data.batching import LAYOUTS
 from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
-from charnn.devices import DTYPES, check_dtype, resolve_device, resolve_dtype
+from charnn.devices import (
+    DTYPES,
+    check_dtype,
+    format_bytes,
+    memory_limit,
+    resolve_device,
+    resolve_dtype,
+)
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig
-from charnn.settings import field_problems, setting
+from charnn.settings import field_problems, flag_name, setting, type_problems
 from charnn.train.presets import preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
@@ -59,18 +70,18 @@ class TrainConfig:
     patience: int = setting(0, "stop after N evaluations without improvement, 0 = off", ge=0)
     save_every: int = setting(0, "save a resume point every N steps, 0 = only at the end", ge=0)
     log_every: int = setting(50, "steps between metrics lines", positive=True)
-    seed: int = setting(1337, "random seed (weights, dropout, batch order)")
+    seed: int = setting(1337, "random seed (weights, dropout, batch order)", ge=0, lt=2**63)  # torch's range, with room
     sample_chars: int = setting(300, "characters of sample printed at the end, 0 = none", ge=0)
     dtype: str = setting("auto", "autocast precision; auto = bfloat16 where the hardware has it natively",
                          choices=("auto", *DTYPES))
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N, mps")
-    threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0)
+    threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0, le=1024)  # 65536: libgomp aborts
     # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
     preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
                           metavar="NAME", shown="", flag=False)
 
     def problems(self) -> list[str]:
-        return field_problems(self)
+        return field_problems(self) + type_problems(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -98,11 +109,14 @@ def split_settings(settings: dict) -> tuple[dict, dict]:
     return model, train
 
 
-def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """The configs a run will use: defaults <- settings (or: the saved run <- allowed settings)."""
+def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[ModelConfig, TrainConfig]:
+    """The configs a run will use: defaults <- settings (or: the saved run <- allowed settings),
+    checked to fit in memory (with `world` processes sharing each batch)."""
     model_kw, train_kw = split_settings(settings)
     if resume is not None:
-        return _resolve_resume(model_kw, train_kw, resume)
+        files, model_config, cfg = _resolve_resume(model_kw, train_kw, resume)
+        check_memory(model_config, cfg, world, cfg.device, files)
+        return model_config, cfg
     if train_kw.get("preset"):
         preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
         model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}
@@ -119,12 +133,20 @@ def resolve(settings: dict, resume: str | None = None) -> tuple[ModelConfig, Tra
     cfg.device = resolve_device(cfg.device)
     cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)
     check_dtype(cfg.dtype, cfg.device)
+    check_memory(model_config, cfg, world, cfg.device)  # the vocabulary is not known yet: a lower bound
     return model_config, cfg
 
 
-def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelConfig, TrainConfig]:
+def _resolve_resume(
+    model_kw: dict, train_kw: dict, resume: str
+) -> tuple[checkpoint.RunFiles, ModelConfig, TrainConfig]:
     files = checkpoint.read_run(resume)
+    check_resumable(files.path)
     saved = TrainConfig.from_dict(files.train)
+    if problems := saved.problems():  # named as settings of the file, not as flags given
+        shown = "; ".join(re.sub(r"^--([a-z-]+)", lambda m: m[1].replace("-", "_"), p) for p in problems)
+        raise CharnnError(f"{files.path / checkpoint.CONFIG} holds invalid training settings ({shown}); "
+                          f"restore it, or start a new run with --out")
 
     def then(k: str):
         return getattr(files.model_config if k in model_kw else saved, k)
@@ -134,9 +156,83 @@ def _resolve_resume(model_kw: dict, train_kw: dict, resume: str) -> tuple[ModelC
         shown = ", ".join(f"--{k.replace('_', '-')} (the run has {then(k)!r})" for k in changed)
         raise CharnnError(f"cannot change {shown} when resuming {resume}; drop the flag, or start a new run with --out")
     cfg = replace(saved, **{k: v for k, v in train_kw.items() if k in RESUME_OVERRIDES}, out=str(resume))
+    if problems := cfg.problems():  # the flags given now
+        raise CharnnError("; ".join(problems))
     cfg.device = resolve_device(cfg.device)  # the run's GPU may be missing here: say so
     check_dtype(cfg.dtype, cfg.device)
-    return files.model_config, cfg
+    return files, files.model_config, cfg
+
+
+def check_resumable(run: Path) -> None:
+    """Refuse to resume a run that trained before but has lost its resume point: training
+    from step 0 would overwrite its best weights and its metrics history. A run killed before
+    it wrote anything (only config.json and vocab.json) starts from step 0, as it should."""
+    if checkpoint.has_checkpoint(run):
+        return
+    held = []
+    try:
+        if (run / checkpoint.BEST).exists():
+            held.append(f"trained weights ({checkpoint.BEST})")
+        metrics = run / checkpoint.METRICS
+        if n := sum(1 for line in metrics.read_bytes().splitlines() if line.strip()) if metrics.exists() else 0:
+            held.append(f"{n} metrics line{'s' if n != 1 else ''} ({checkpoint.METRICS})")
+    except OSError as e:
+        raise CharnnError(f"cannot read {e.filename}: {e.strerror}") from None
+    if held:
+        raise CharnnError(
+            f"{run} has no resume point ({checkpoint.LAST} is missing) but holds {' and '.join(held)}; "
+            f"resuming would train from step 0 over them: restore {checkpoint.LAST}, or start a new "
+            f"run with --out (a run writes its resume point at the end, and every N steps with --save-every N)"
+        )
+
+
+# The settings that size the model and the batch, in the order they are weighed.
+SIZE_FLAGS = ("hidden", "layers", "embed", "expand", "mlp", "conv", "batch_size", "seq_len")
+
+
+def check_memory(model_config: ModelConfig, cfg: TrainConfig, world: int, device: str,
+                 run: checkpoint.RunFiles | None = None) -> None:
+    """Refuse, before anything is built, a model whose weights, gradients, AdamW moments and one
+    batch's activations cannot fit in the device's memory (a lower bound: what is refused
+    cannot train; what passes may still be too big). The message names the setting to lower:
+    the one whose least value would shrink the estimate most; for a resumed `run`, a setting
+    of its config.json (they cannot change on resume)."""
+    limit = memory_limit(device)
+    if limit is None or model_config.problems() or cfg.problems():  # the problems are reported elsewhere
+        return
+    available, where = limit
+
+    def needed(m: ModelConfig, c: TrainConfig) -> int:
+        return m.estimated_bytes(training=True, batch_size=c.batch_size // world, seq_len=c.seq_len,
+                                 value_bytes=4 if c.dtype == "float32" else 2)
+
+    need = needed(model_config, cfg)
+    if need <= available:
+        return
+    smallest, culprit = need, "hidden"
+    for name in SIZE_FLAGS:
+        is_model = name in {f.name for f in fields(ModelConfig)}
+        config = model_config if is_model else cfg
+        least = 0 if name in ("mlp", "conv") else 1
+        if getattr(config, name) > least:
+            smaller = replace(config, **{name: least})
+            n = needed(smaller, cfg) if is_model else needed(model_config, smaller)
+            if n < smallest:
+                smallest, culprit = n, name
+    names = ("batch_size", "seq_len") if culprit in ("batch_size", "seq_len") else (culprit,)
+    values = {n: getattr(cfg if n in ("batch_size", "seq_len") else model_config, n) for n in names}
+    shown = {n: v if isinstance(v, int) else format(v, "g") for n, v in values.items()}
+    if run is None:
+        given = " x ".join(f"{flag_name(n)} {v}" for n, v in shown.items())
+        fix = f"lower {' or '.join(map(flag_name, names))}"
+    else:
+        given = f"the run {run.path} ({', '.join(f'{n} {v}' for n, v in shown.items())} in its {checkpoint.CONFIG})"
+        fix = "resume it on a machine with more memory"
+    raise CharnnError(
+        f"{given} needs at least {format_bytes(need)} of memory to train ({model_config.parameter_count():,} "
+        f"parameters with their gradients and AdamW's two moments, and one batch's activations), more than "
+        f"{where} ({format_bytes(available)}); {fix}"
+    )
 
 
 def _default_out(corpus: list[str]) -> str:

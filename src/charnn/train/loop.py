@@ -14,9 +14,10 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py; what is left here reads top to bottom:
-__init__ (set up or restore), save, train_step, evaluate, _log, run and _loop. Imports
-those modules and config, distributed, and checkpoint, evaluate and progress below them.
+target and the learning rate in schedule.py, the writes to the run directory in writes.py;
+what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
+evaluate, _log, run and _loop. Imports those modules and config, distributed, and
+checkpoint, evaluate and progress below them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import torch
 from charnn import checkpoint
 from charnn.data.batching import make_batches
 from charnn.evaluate import evaluate_ids
-from charnn.files import remove_temporaries
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
@@ -57,6 +57,7 @@ from charnn.train.setup import (
     training_corpus,
 )
 from charnn.train.state import ResumeState, gather_tensors, restore_hidden, restore_rng
+from charnn.train.writes import RunWriter
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Trainer:
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
         self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
         self.hidden = None  # the carried hidden state
+        self.writer = RunWriter(self.dist, self.run_dir)
         if resume:
             self._restore()
         elif self.dist.is_main:
@@ -151,9 +153,9 @@ class Trainer:
     # --- the resume point ----------------------------------------------------------------
     def _restore(self) -> None:
         if self.dist.is_main:
-            remove_temporaries(self.run_dir)
+            self.writer.clean_up()
         if not checkpoint.has_checkpoint(self.run_dir):
-            return  # killed before its first checkpoint: start from step 0
+            return  # killed before it wrote anything (config.check_resumable): start from step 0
         ck = checkpoint.load_checkpoint(self.run_dir)
         checkpoint.restore_model(self.model, ck, self.run_dir)
         self.optimizer.load_state_dict(ck.optimizer)
@@ -168,8 +170,7 @@ class Trainer:
         restore_rng(ck.extra, saved.world_size, self.dist, self.device, reseed, self.progress.message)
         if saved.has_state:
             self.hidden = restore_hidden(ck.extra, self.model, self.cfg.batch_size, self.dist, self.device)
-        if self.dist.is_main:
-            checkpoint.truncate_metrics(self.run_dir, saved.step)
+        self.writer.resumed_at(saved.step)
 
     def save(self) -> None:
         """Write the resume point (a collective: every rank sends its state rows and RNG)."""
@@ -177,12 +178,12 @@ class Trainer:
             if not torch.isfinite(p).all():
                 raise _Diverged("non-finite weights")
         tensors = gather_tensors(self.dist, self.device, self.hidden)
-        if self.dist.is_main:
-            state = replace(
-                self.state, world_size=self.dist.world_size, batches=self.batches.state_dict(),
-                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
-            )
-            checkpoint.save_checkpoint(self.run_dir, self.model, self.optimizer, tensors, state.to_dict())
+        state = replace(
+            self.state, world_size=self.dist.world_size, batches=self.batches.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
+        )
+        self.writer.resume_point(self.state.step, lambda: checkpoint.save_checkpoint(
+            self.run_dir, self.model, self.optimizer, tensors, state.to_dict()))
 
     # --- one step ------------------------------------------------------------------------
     def train_step(self) -> float:
@@ -230,9 +231,8 @@ class Trainer:
         s.last_eval_step = s.step
         if s.best_val is None or loss < s.best_val:
             s.best_val, s.best_step, s.bad_evals = loss, s.step, 0
-            if self.dist.is_main:
-                checkpoint.save_weights(self.run_dir, self.model, self.vocab,
-                                        {"step": s.step, "val_loss": loss, "protocol": "stateful"})
+            self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
+                self.run_dir, self.model, self.vocab, {"step": s.step, "val_loss": loss, "protocol": "stateful"}))
         else:
             s.bad_evals += 1
         return loss
@@ -260,8 +260,7 @@ class Trainer:
                     f"val loss {val:.4f} ({val / math.log(2):.3f} bpc)"
                     + (" *best*" if s.best_step == s.step else "")
                 )
-        if self.dist.is_main:
-            checkpoint.append_metrics(self.run_dir, record)
+        self.writer.write(checkpoint.METRICS, s.step, lambda: checkpoint.append_metrics(self.run_dir, record))
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -315,8 +314,9 @@ class Trainer:
             # an uninterrupted run would have written.
             if s.step != s.last_eval_step and reason != "interrupted":
                 self._log(seconds(), chars_per_s, evaluate=True)
-            if s.best_val is None and s.step > 0 and self.dist.is_main:
-                checkpoint.save_weights(self.run_dir, self.model, self.vocab, {"step": s.step})
+            if s.best_val is None and s.step > 0:
+                self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
+                    self.run_dir, self.model, self.vocab, {"step": s.step}))
             s.elapsed += time.perf_counter() - started
             self.save()
         except _Diverged as e:
@@ -326,10 +326,10 @@ class Trainer:
                 f"--grad-clip, or raise --warmup, and start again or --resume"
             ) from None
         if self.dist.is_main:
-            from charnn.train.plot import plot_run
+            from charnn.train.plot import draw_loss_curve
 
-            if plot_run(self.run_dir) is None:
-                self.progress.message("loss curve not drawn: matplotlib is missing (pip install 'charnn[plot]')")
+            if note := draw_loss_curve(self.run_dir):
+                self.progress.message(note)
         return Summary.of(self.run_dir, s, cfg, self.params, reason)
 
     def _stop_reason(self, seconds: float) -> str:

@@ -1,4 +1,8 @@
-"""The loss-curve PNG of a run (needs the [plot] extra: matplotlib)."""
+"""The loss-curve PNG of a run (needs the [plot] extra: matplotlib). Imports checkpoint and files.
+
+The curve is drawn after everything of value is saved: it never fails a run. Records of
+metrics.jsonl that are not numbers (a hand-edited file) are left out of it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,24 @@ def matplotlib_available() -> bool:
     return True
 
 
+def draw_loss_curve(run_dir: str | Path) -> str | None:
+    """Draw loss.png; a note for the user when it could not be drawn, None when it was."""
+    try:
+        if plot_run(run_dir) is None:
+            return "loss curve not drawn: matplotlib is missing (pip install 'charnn[plot]')"
+    except OSError as e:
+        return f"loss curve not drawn: cannot write {checkpoint.plot_path(run_dir)}: {e.strerror or e}"
+    return None
+
+
+def _points(records: list[dict], key: str) -> list[tuple[float, float]]:
+    """(step, value) of the records that hold both as finite numbers."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    return [(r["step"], r[key]) for r in records if number(r.get("step")) and number(r.get(key))]
+
+
 def plot_run(run_dir: str | Path) -> Path | None:
     """Draw train and validation loss (nats/char) against step into the run's loss.png.
 
@@ -31,8 +53,7 @@ def plot_run(run_dir: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     records = checkpoint.read_metrics(run_dir)
-    train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    train, val = _points(records, "train_loss"), _points(records, "val_loss")
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train), label="train", color="tab:blue", alpha=0.8)

@@ -14,7 +14,7 @@ from charnn.data.source import OpenedCorpus, open_corpus
 from charnn.devices import DTYPES
 from charnn.errors import CharnnError
 from charnn.models import CharLM, ModelConfig, build_model
-from charnn.train.config import TrainConfig
+from charnn.train.config import TrainConfig, check_memory
 from charnn.train.distributed import Dist
 
 
@@ -44,6 +44,7 @@ def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> Opened
 
 
 def seeded_model(model_config: ModelConfig, cfg: TrainConfig, dist: Dist, device: torch.device) -> CharLM:
+    check_memory(model_config, cfg, dist.world_size, str(device))  # again, with the vocabulary known now
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
     if dist.enabled:
