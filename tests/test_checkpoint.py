@@ -179,7 +179,7 @@ def _set_config(run, edit):
     (lambda c: c["model"].update(layers=True), r"model\.layers must be an integer, got True"),
     (lambda c: c["model"].update(vocab_size=str(c["model"]["vocab_size"])), r"model\.vocab_size must be an integer"),
     (lambda c: c["model"].update(hidden=10**9), r"model\.hidden is 1,000,000,000, more than any model"),
-    (lambda c: c["model"].update(layers=10**6), r"does not match config\.json|memory"),
+    (lambda c: c["model"].update(layers=10**6), r"model\.layers must be at most 1024|does not match config\.json|memory"),
     (lambda c: c["model"].update(hidden=4096), r"does not match config\.json \(it holds"),
     (lambda c: c["model"].update(block="residual"), r"model\.block residual needs model\.model mingru"),
     (lambda c: c.update(train="x"), r'"train" must be a JSON object'),
@@ -236,4 +236,4 @@ def test_weight_count_without_building_is_exact(model):
         for layers in (1, 2, 3):
             config = ModelConfig(model=model, vocab_size=11, embed=5, hidden=6, layers=layers, **extra)
             real = sum(t.numel() for t in build_model(config).state_dict().values())
-            assert checkpoint.model_params(config) == real, (extra, layers)
+            assert config.parameter_count() == real, (extra, layers)

@@ -71,9 +71,7 @@ from charnn.checkpoint.layout import (
 from charnn.checkpoint.modelcheck import (
     has_type,
     is_int,
-    memory_problem,
     model_config,
-    model_params,
 )
 from charnn.checkpoint.resume import (
     Checkpoint,
@@ -112,10 +110,10 @@ from charnn.files import (
 )
 from charnn.models import CharLM, ModelConfig, build_model
 
-__all__ = [  # memory_problem and model_params: for `charnn train` to refuse what cannot fit
+__all__ = [
     "BEST", "CONFIG", "FORMAT_NAME", "FORMAT_VERSION", "LAST", "METRICS", "PLOT", "VOCAB", "Checkpoint",
     "LoadedRun", "RunFiles", "append_metrics", "create_run", "has_checkpoint", "load_checkpoint", "load_run",
-    "memory_problem", "model_params", "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
+    "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
     "save_checkpoint", "save_weights", "truncate_metrics",
 ]
 
@@ -227,7 +225,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
     if len(vocab) != config.vocab_size:
         raise CharnnError(f"{run_dir / VOCAB} has {len(vocab)} tokens but the model of {CONFIG} expects "
                           f"{config.vocab_size}; restore the run's files")
-    params = model_params(config)
+    params = config.parameter_count()
     for name in (BEST, LAST):  # a wrong configuration must not get as far as building a model
         try:
             shapes, kind = header(run_dir / name)

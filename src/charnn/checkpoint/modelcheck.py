@@ -3,79 +3,34 @@
 config.json is plain text that anyone can edit, so each model setting is checked for its
 JSON type (from ModelConfig's annotations), its bounds (ModelConfig.problems, with the
 messages naming the file's keys instead of command-line flags) and its size: the model's
-weights are counted on the meta device, without allocating them, and a model that cannot
-fit in this machine's memory is refused at once. Part of the checkpoint package.
-
-After the restructure, `model_params` and `memory_problem` belong with ModelConfig (models/),
-where `charnn train --hidden 1000000000` can use them too.
+weights are counted from its settings (ModelConfig.parameter_count, nothing allocated), and
+a model that cannot fit in this machine's memory (devices.memory_limit) is refused at once.
+Part of the checkpoint package.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import re
-import warnings
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import get_type_hints
 
-import torch
-
+from charnn.devices import memory_limit
 from charnn.errors import CharnnError
 from charnn.files import shown, size_text
-from charnn.models import ModelConfig, build_model
+from charnn.models import ModelConfig
 
 SIZE_LIMIT = 1 << 24  # no size setting of a model that fits in memory comes near this
 _TYPES = {int: "an integer", float: "a number", str: "a string"}
 
 
-def model_params(config: ModelConfig) -> int:
-    """The number of weights of `config`'s model, counted without allocating them.
-
-    Built on the meta device with one and with two layers; every further layer adds what the
-    second did, so any depth is counted at once (and remembered: a command reads a run twice).
-    """
-    one = _count(tuple(asdict(replace(config, layers=1)).items()))
-    if config.layers == 1:
-        return one
-    return one + (config.layers - 1) * (_count(tuple(asdict(replace(config, layers=2)).items())) - one)
-
-
-@functools.lru_cache(maxsize=64)
-def _count(settings: tuple) -> int:
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")  # torch warns about dropout with one layer
-        model = build_model(ModelConfig(**dict(settings)))
-    return sum(t.numel() for t in model.state_dict().values())
-
-
-def memory_bytes() -> int | None:
-    """This machine's memory (or its container's limit), None where it cannot be told."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+def memory_problem(config: ModelConfig) -> str | None:
+    """Why the model's float32 weights cannot fit in this machine's memory, or None."""
+    found, need = memory_limit("cpu"), config.estimated_bytes()
+    if found is None or need <= found[0]:
         return None
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        if limit.isdecimal():
-            total = min(total, int(limit))
-    except OSError:
-        pass
-    return total
-
-
-def memory_problem(config: ModelConfig, copies: int = 1) -> str | None:
-    """Why `copies` float32 copies of the model's weights cannot fit here, or None.
-    (Training needs about 4: weights, gradients and AdamW's two moments.)"""
-    params, have = model_params(config), memory_bytes()
-    need = params * 4 * copies
-    if have is None or need <= have:
-        return None
-    return (f"a {config.model} model of {config.layers} x {config.hidden} has {params:,} weights and needs "
-            f"{size_text(need)}, more than this machine's {size_text(have)} of memory")
+    return (f"a {config.model} model of {config.layers} x {config.hidden} has {config.parameter_count():,} "
+            f"weights and needs {size_text(need)}, more than {found[1]} ({size_text(found[0])})")
 
 
 def is_int(v) -> bool:
