@@ -1,0 +1,9 @@
+"""Text and ids: everything charnn knows about a corpus before a model sees it.
+
+vocab.py (characters <-> ids, special tokens, the unknown-character policy), corpus.py
+(reading files, directories and the bundled corpus; the 90/10 split), prepare.py (`charnn
+prepare`: token files read as training needs them), source.py (open_corpus: which corpus,
+which split, which transliteration, answered once for training, evaluation and export) and
+batching.py (stateful TBPTT streams and random windows). May import errors, files and
+progress; nothing here imports torch models, runs or settings above it.
+"""
