@@ -84,20 +84,22 @@ def _mask_ids(text: str) -> str:
 
 def _file_digest(path: Path, work: Path) -> str:
     if path.suffix == ".safetensors":
+        # The tensors, and the metadata's values apart from timing, reported separately (a
+        # format may add metadata entries without changing a weight).
+        import torch
         from safetensors import safe_open
 
         h = hashlib.sha256()
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-            inner = json.loads(meta.get("meta", "{}"))
-            trainer = inner.get("trainer", {})
-            for k in ("elapsed",):
-                trainer.pop(k, None)
-            h.update(json.dumps(_mask_json(inner), sort_keys=True).encode())
             for k in sorted(f.keys()):
                 h.update(k.encode())
-                h.update(f.get_tensor(k).contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
-        return "tensors:" + h.hexdigest()[:16]
+                h.update(f.get_tensor(k).contiguous().view(-1).view(dtype=torch.uint8).numpy().tobytes())
+        inner = json.loads(meta.get("meta", "{}"))
+        inner.get("trainer", {}).pop("elapsed", None)
+        shown = json.dumps(_mask_json(inner), sort_keys=True)
+        return (f"tensors:{h.hexdigest()[:16]} meta:{hashlib.sha256(shown.encode()).hexdigest()[:16]} "
+                f"keys:{','.join(sorted(meta))}")
     if path.suffix in (".json", ".jsonl", ".md"):
         return "text:" + hashlib.sha256(_mask_text(path.read_text("utf-8"), work).encode()).hexdigest()[:16]
     if path.suffix in (".png", ".onnx"):
