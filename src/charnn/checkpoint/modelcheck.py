@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import get_type_hints
 
-from charnn.devices import memory_limit
+from charnn.devices import format_bytes, memory_limit
 from charnn.errors import CharnnError
-from charnn.files import shown, size_text
+from charnn.files import shown
 from charnn.models import ModelConfig
 
 SIZE_LIMIT = 1 << 24  # no size setting of a model that fits in memory comes near this
@@ -30,7 +30,7 @@ def memory_problem(config: ModelConfig) -> str | None:
     if found is None or need <= found[0]:
         return None
     return (f"a {config.model} model of {config.layers} x {config.hidden} has {config.parameter_count():,} "
-            f"weights and needs {size_text(need)}, more than {found[1]} ({size_text(found[0])})")
+            f"weights and needs {format_bytes(need)}, more than {found[1]} ({format_bytes(found[0])})")
 
 
 def is_int(v) -> bool:
