@@ -165,6 +165,22 @@ def test_jsonl_offsets_line_up_with_non_ascii_text(capsys, unicode_run, tmp_path
     assert rows[-1]["utf8"] == len(u8) - 1 and rows[-1]["utf16"] == len(u16) // 2 - 1
 
 
+def test_every_output_tells_the_same_positions(capsys, unicode_run, tmp_path):
+    """JSON lines, the JSON document and CharModel.score (the Python API) agree, number for number."""
+    text = UNICODE_TEXT[:400] + "ZQ<&>\"\\"  # with characters scored as <unk> and JSON's escapes
+    f = tmp_path / "u.txt"
+    f.write_text(text, encoding="utf-8")
+    _, out, _ = run(capsys, "score", unicode_run, f, "--unknown", "replace", "--top", "4")
+    lines = [json.loads(line) for line in out.splitlines()]
+    _, out, _ = run(capsys, "score", unicode_run, f, "--unknown", "replace", "--top", "4", "--json")
+    doc = json.loads(out)
+    api = charnn.load(unicode_run).score(text, top=4, unknown="replace")
+    assert lines == doc["positions"] == api["positions"]
+    assert {k: v for k, v in doc.items() if k not in ("positions", "run", "text")} == {
+        k: v for k, v in api.items() if k != "positions"}
+    assert doc["replaced"] == 7 and doc["run"] == str(unicode_run) and doc["text"] == str(f)
+
+
 def test_skipped_characters_keep_the_offsets_of_the_text(capsys, tiny_run, tmp_path):
     text = "ROMEO 😀 e\u0301 日本: café\n"
     f = tmp_path / "u.txt"
@@ -206,11 +222,11 @@ def test_html_page_is_self_contained_and_holds_the_text(capsys, unicode_run, tmp
     (bytes(range(256)) * 4, [], ["not valid utf-8 at byte offset 128", "--encoding"]),
     ("ROMEO: ZQX 😀\n".encode(), [], ["4 character(s) outside the model's vocabulary", "'Q'", "'😀'",
                                       "--unknown skip"]),
-    ("R".encode(), [], ["needs at least 2"]),
-    ("ZZZQ".encode(), ["--unknown", "skip"], ["has 0 character(s)", "needs at least 2"]),
-    ("ROMEO".encode(), ["--top", "-1"], ["--top must be >= 0"]),
-    ("ROMEO".encode(), ["--html", "/nonexistent-dir/p.html"], ["--html", "does not exist"]),
-    ("ROMEO".encode(), ["--encoding", "klingon"], ["--encoding 'klingon' is not a known"]),
+    (b"R", [], ["needs at least 2"]),
+    (b"ZZZQ", ["--unknown", "skip"], ["has 0 character(s)", "needs at least 2"]),
+    (b"ROMEO", ["--top", "-1"], ["--top must be >= 0"]),
+    (b"ROMEO", ["--html", "/nonexistent-dir/p.html"], ["--html", "does not exist"]),
+    (b"ROMEO", ["--encoding", "klingon"], ["--encoding 'klingon' is not a known"]),
 ])
 def test_bad_input_is_one_line(capsys, tiny_run, tmp_path, content, argv, patterns):
     f = tmp_path / "input.bin"

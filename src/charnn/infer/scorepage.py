@@ -23,7 +23,10 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Iterator
 from typing import BinaryIO
+
+import numpy as np
 
 from charnn.data.vocab import Vocab
 from charnn.errors import CharnnError
@@ -39,24 +42,49 @@ COLOURS = ("#ffffff", "#fff7e0", "#ffeec2", "#ffe0a0", "#ffc982", "#ffaa6b", "#f
 SHOWN = {"\n": "↵", "\t": "⇥", " ": "␣", "\r": "␍"}  # in tooltips, and ↵ in the text
 
 
-def rows(window: Window, vocab: Vocab):
+def _columns(window: Window) -> zip:
+    """Per position: offset, UTF-8 and UTF-16 offsets, code point, logprob (nats, 6 decimals),
+    bits (4 decimals), the top ids, their probabilities (6 decimals); NaN where not scored.
+    Rounded as arrays, so that the per-character work is only putting values together."""
+    lp = window.logprob
+    probs = np.round(np.exp(window.top_logprob.astype(np.float64)), 6)
+    return zip(window.offset.tolist(), window.utf8.tolist(), window.utf16.tolist(), window.points.tolist(),
+               np.round(lp, 6).tolist(), np.round(-lp / LN2, 4).tolist(), window.top_ids.tolist(), probs.tolist())
+
+
+def rows(window: Window, vocab: Vocab) -> Iterator[dict]:
     """The window's positions as JSON-ready dicts (see the module docstring)."""
     chars = vocab.chars
-    logprob = window.logprob.tolist()
-    tops = zip(window.top_ids.tolist(), window.top_logprob.tolist())
-    for i, u8, u16, point, lp, (ids, lps) in zip(window.offset.tolist(), window.utf8.tolist(),
-                                                 window.utf16.tolist(), window.points.tolist(), logprob, tops):
-        scored = not math.isnan(lp)
-        yield {
-            "i": i, "utf8": u8, "utf16": u16, "char": chr(point),
-            "logprob": round(lp, 6) if scored else None,
-            "bits": round(-lp / LN2, 4) if scored else None,
-            "top": [[chars[t], round(math.exp(v), 6)] for t, v in zip(ids, lps)] if scored else [],
-        }
+    for i, u8, u16, point, lp, bits, ids, probs in _columns(window):
+        scored = lp == lp  # not NaN
+        yield {"i": i, "utf8": u8, "utf16": u16, "char": chr(point), "logprob": lp if scored else None,
+               "bits": bits if scored else None,
+               "top": [[chars[t], q] for t, q in zip(ids, probs)] if scored else []}
 
 
 def _json(obj) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
+
+
+class _Lines:
+    """JSON lines of positions, written as rows() would serialise them, without building the dicts."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.by_id = [_json(c) for c in vocab.chars]  # characters as JSON strings
+        self.by_point = {ord(c): q for c, q in zip(vocab.chars, self.by_id)}
+
+    def __call__(self, window: Window) -> list[str]:
+        q, out = self.by_id, []
+        for i, u8, u16, point, lp, bits, ids, probs in _columns(window):
+            c = self.by_point.get(point) or _json(chr(point))  # a character scored as <unk> is not there
+            if lp == lp:
+                top = ", ".join(f"[{q[t]}, {p!r}]" for t, p in zip(ids, probs))
+                out.append(f'{{"i": {i}, "utf8": {u8}, "utf16": {u16}, "char": {c}, "logprob": {lp!r}, '
+                           f'"bits": {bits!r}, "top": [{top}]}}')
+            else:
+                out.append(f'{{"i": {i}, "utf8": {u8}, "utf16": {u16}, "char": {c}, "logprob": null, '
+                           f'"bits": null, "top": []}}')
+        return out
 
 
 def format_summary(scoring: Scoring) -> str:
@@ -87,18 +115,17 @@ def write_score(scoring: Scoring, out: BinaryIO | None, as_document: bool = Fals
 def _write_text(scoring: Scoring, out: BinaryIO | None, as_document: bool, page: _Page | None) -> None:
     if out is not None and as_document:
         out.write(f'{{"run": {_json(scoring.run)}, "text": {_json(scoring.text)}, "positions": [\n'.encode())
-    sep = ""
+    sep, lines_of = "", _Lines(scoring.vocab)
     for window in scoring:
-        positions = list(rows(window, scoring.vocab))
         if out is not None:
-            lines = [_json(p) for p in positions]
+            lines = lines_of(window)
             if as_document:
                 out.write((sep + ",\n".join(lines)).encode())
                 sep = ",\n"
             else:
                 out.write(("\n".join(lines) + "\n").encode())
         if page is not None:
-            page.add(positions)
+            page.add(window)
     if out is not None and as_document:
         out.write(f"\n], {_json(scoring.totals.to_dict())[1:]}\n".encode())
     if out is not None:
@@ -112,8 +139,9 @@ def _band(bits: float) -> int:
     return sum(bits >= e for e in EDGES)
 
 
-def _shown(c: str) -> str:
-    return SHOWN.get(c, c)
+def _name(c: str) -> str:
+    """A character as a tooltip names it: quoted, whitespace made visible, escaped for HTML."""
+    return html.escape(repr(SHOWN.get(c, c)))
 
 
 _STYLE = (
@@ -134,24 +162,23 @@ class _Page:
 
     def __init__(self, f: BinaryIO, scoring: Scoring) -> None:
         self.f, self.scoring = f, scoring
+        self.names = [_name(c) for c in scoring.vocab.chars]
         title = html.escape(f"charnn score: {scoring.text}")
         f.write(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
                 f'<meta name="viewport" content="width=device-width,initial-scale=1">'
                 f"<style>{_STYLE}</style></head>\n<body><main><pre>".encode())
 
-    def add(self, positions: list[dict]) -> None:
-        parts = []
-        for p in positions:
-            c = p["char"]
-            if p["logprob"] is None:
-                tip, cls = f"{html.escape(repr(_shown(c)))}: the first character, read but not scored", "first"
+    def add(self, window: Window) -> None:
+        names, parts = self.names, []
+        for _, _, _, point, lp, bits, ids, probs in _columns(window):
+            c = chr(point)
+            if lp != lp:  # NaN: the first character
+                tip, cls = f"{_name(c)}: the first character, read but not scored", "first"
             else:
-                prob = math.exp(p["logprob"])
-                alts = "&#10;".join(f"{k + 1}. {html.escape(repr(_shown(a)))}  {q:.4f}" for k, (a, q) in
-                                    enumerate(p["top"]))
-                tip = (f"{html.escape(repr(_shown(c)))}  p = {prob:.4f}  ({p['bits']:.2f} bits)"
+                alts = "&#10;".join(f"{k + 1}. {names[t]}  {q:.4f}" for k, (t, q) in enumerate(zip(ids, probs)))
+                tip = (f"{_name(c)}  p = {math.exp(lp):.4f}  ({bits:.2f} bits)"
                        + (f"&#10;most likely:&#10;{alts}" if alts else ""))
-                cls = f"b{_band(p['bits'])}"
+                cls = f"b{_band(bits)}"
             text = '<span class="nl">↵</span>\n' if c == "\n" else html.escape(c)
             parts.append(f'<span class="{cls}" title="{tip}">{text}</span>')
         self.f.write("".join(parts).encode("utf-8", "surrogatepass"))

@@ -370,11 +370,11 @@ class Engine:
                         if scores is not None:  # before any generated text: the engine has not seen g
                             g.job.put([Output(i, "", None if g.sampling.max_tokens else "length", scores, True)
                                        for i in g.indices])
-                        if g.sampling.max_tokens == 0:  # only the prompt was to be scored: done
+                        if g.sampling.max_tokens:
+                            g.primed = (logits, state)
+                        elif g in self._pending:  # only the prompt was to be scored: done (if not withdrawn)
                             self._pending.remove(g)
                             self._queued -= len(g.seeds)
-                        else:
-                            g.primed = (logits, state)
                     self._cond.notify_all()
 
     def _prime(self, groups: list[_Group]) -> list[tuple]:
