@@ -46,15 +46,16 @@ READ_BYTES = 1 << 18  # text read per chunk (about 40 bytes a character while it
 class ScoreConfig:
     """The settings of `charnn score`: how the text is read and what is shown of each character."""
 
-    top: int = setting(5, "the K most likely characters shown at each position, with their probabilities", ge=0)
+    top: int = setting(5, "the K most likely characters shown at each position, with their probabilities", ge=0,
+                       metavar="K")
     unknown: str = setting("error", "characters outside the vocabulary: error, skip (not scored) or replace with "
                            "<unk> (scored as <unk>)", choices=UNKNOWN_POLICIES)
     # The same defaults as charnn eval's --encoding and --errors.
     encoding: str = setting("utf-8", "encoding of FILE")
     errors: str = setting("strict", "bytes invalid in --encoding", choices=ERROR_POLICIES)
     html: str | None = setting(None, "also write a self-contained HTML page that colours the text by surprisal, "
-                               "with each character's probability and alternatives on hover; stdout then gets "
-                               "the per-character lines only with --json", shown="", metavar="OUT")
+                               "with each character's probability and alternatives on hover; stdout then stays "
+                               "empty unless --json asks for the document", shown="", metavar="OUT")
     device: str = setting("cpu", "torch device")
 
     def problems(self) -> list[str]:
