@@ -18,6 +18,8 @@ $PY -m charnn eval runs/default --json
 $PY -m charnn eval runs/default --protocol windows --json
 step "training throughput vs a bare loop, MFU"
 $PY benchmarks/train_speed.py
+step "charnn score and the API's logprobs vs eval and a plain request"
+$PY benchmarks/score_speed.py --run runs/default --write
 step "serving 32 concurrent streams"
 $PY benchmarks/serve_load.py --run runs/default --clients 32 --requests 200 --max-tokens 256 --write
 step "against nanoGPT's CPU recipe"

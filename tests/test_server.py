@@ -184,7 +184,7 @@ def test_unknown_prompt_characters(client, model):
         ({"n": 0}, openai.BadRequestError, "n"),
         ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop"),
         ({"stop": "x" * 65}, openai.BadRequestError, "stop"),
-        ({"logprobs": 2}, openai.BadRequestError, "logprobs"),
+        ({"logprobs": 6}, openai.BadRequestError, "logprobs"),  # over OpenAI's limit of 5
         ({"best_of": 3}, openai.BadRequestError, "best_of"),
         ({"seed": 2**53 + 1}, openai.BadRequestError, "seed"),
         ({"extra_body": {"top_k": -1}}, openai.BadRequestError, "top_k"),

@@ -211,6 +211,7 @@ CONFIGS = {
     "train": ["charnn.models:ModelConfig", "charnn.train.config:TrainConfig", "charnn.train.loop:TrainConfig"],
     "sample": ["charnn.infer.model:SampleCommand"],
     "eval": ["charnn.infer.evalrun:EvalConfig"],
+    "score": ["charnn.infer.score:ScoreConfig"],
     "export": ["charnn.infer.export:ExportConfig"],
     "prepare": [],
     "serve": ["charnn.serve.config:ServeConfig"],

@@ -156,6 +156,39 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# --- score ------------------------------------------------------------------------------------
+def _add_score(sub) -> None:
+    from charnn.infer.score import ScoreConfig
+
+    p = sub.add_parser(
+        "score", help="per-character surprisal of a text and the model's alternatives (JSONL, JSON, HTML)",
+        description=("Score every character of FILE with a run's best weights, as charnn eval --text FILE does "
+                     "(stateful protocol, the same total): one JSON line per character on stdout (its offsets, "
+                     "log-probability, bits and the most likely characters there), or one JSON document "
+                     "(--json), and/or an HTML page coloured by surprisal (--html OUT). The totals go to stderr."),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
+    p.add_argument("file", metavar="FILE", help="the text to score (a file, a directory or a bundled corpus's name)")
+    add_flags(p, ScoreConfig, ["top", "unknown", "encoding", "errors", "html"])
+    p.add_argument("--json", action="store_true", help="print one JSON document (totals and positions) "
+                                                       "instead of one line per character")
+    add_flags(p, ScoreConfig, ["device"])
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from charnn.infer.score import ScoreConfig, score_file
+    from charnn.infer.scorepage import format_summary, write_score
+
+    config = ScoreConfig(**_settings(args, "run_dir", "file", "json"))
+    scoring = score_file(args.run_dir, args.file, config)
+    # With --html alone, stdout stays quiet: the page is what was asked for.
+    out = sys.stdout.buffer if args.json or config.html is None else None
+    write_score(scoring, out, as_document=args.json)
+    print(format_summary(scoring) + (f"; page {config.html}" if config.html else ""), file=sys.stderr)
+    return 0
+
+
 # --- prepare ----------------------------------------------------------------------------------
 def _add_prepare(sub) -> None:
     from charnn.settings import default_of
@@ -334,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
+    _add_score(sub)
     _add_export(sub)
     _add_serve(sub)
     _add_prepare(sub)

@@ -1,7 +1,8 @@
 """Text and ids: everything charnn knows about a corpus before a model sees it.
 
 vocab.py (characters <-> ids, special tokens, the unknown-character policy), corpus.py
-(reading files, directories and the bundled corpus; the 90/10 split), prepare.py (`charnn
+(reading files, directories and the bundled corpus; the 90/10 split), chunks.py (the same
+text read in chunks, for texts of any size), prepare.py (`charnn
 prepare`: token files read as training needs them), source.py (open_corpus: which corpus,
 which split, which transliteration, answered once for training, evaluation and export) and
 batching.py (stateful TBPTT streams and random windows). May import errors, files and

@@ -9,11 +9,9 @@
                      the encoding and error policy, and the SHA-256 of the text (the digest a
                      run records of a text corpus)
 
-Two streaming passes read the text in chunks of a few MiB, so memory stays flat whatever the
-corpus's size: the first collects the distinct characters (the vocabulary) and the digest,
-the second writes the ids. An incremental decoder carries a character cut by a chunk
-boundary over to the next chunk and reports invalid bytes at their offset in the file, with
-the same message as corpus.py gives for a file read whole. prepared.json is written last, so
+Two streaming passes read the text in chunks of a few MiB (chunks.py), so memory stays flat
+whatever the corpus's size: the first collects the distinct characters (the vocabulary) and
+the digest, the second writes the ids. prepared.json is written last, so
 a directory without it is an unfinished one.
 
 `charnn train DIR` opens tokens.bin as a TokenFile, an array that reads what is indexed
@@ -26,26 +24,16 @@ train, the last 10 % validate), so the two train identically.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import os
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from charnn.data.corpus import (
-    BUNDLED,
-    check_decoding,
-    empty_corpus,
-    resolve_sources,
-    source_names,
-    undecodable,
-)
+from charnn.data.chunks import corpus_chunks, source_size
+from charnn.data.corpus import check_decoding, empty_corpus, resolve_sources, source_names
 from charnn.data.vocab import UNK, Vocab, code_points, vocab_digest
 from charnn.errors import CharnnError
 from charnn.files import (
@@ -79,65 +67,6 @@ def token_dtype(vocab_size: int) -> str:
         if vocab_size - 1 <= np.iinfo(name).max:
             return name
     raise CharnnError(f"a vocabulary of {vocab_size:,} tokens does not fit 32 bits")
-
-
-# --- reading text in chunks -------------------------------------------------------------------
-def _open(source: str | Path) -> BinaryIO:
-    if isinstance(source, str):  # a bundled corpus, by name
-        return resources.files("charnn.data").joinpath("corpora", BUNDLED[source]).open("rb")
-    try:
-        return open(source, "rb")
-    except OSError as e:
-        raise CharnnError(f"cannot read corpus file {source}: {e.strerror}; check its permissions") from None
-
-
-def _size(source: str | Path) -> int:
-    with _open(source) as f:
-        return f.seek(0, os.SEEK_END)
-
-
-def _bytes_at(source: str | Path, offset: int, n: int) -> bytes:
-    with _open(source) as f:
-        f.seek(offset)
-        return f.read(n)
-
-
-def _text_chunks(
-    source: str | Path, name: str, encoding: str, errors: str, chunk_bytes: int
-) -> Iterator[tuple[str, int]]:
-    """The text of one file in pieces, with the bytes read so far after each piece."""
-    decoder = codecs.getincrementaldecoder(encoding)(errors)
-    fed = 0  # bytes given to the decoder so far
-    with _open(source) as f:
-        while True:
-            try:
-                data = f.read(chunk_bytes)
-            except OSError as e:
-                raise CharnnError(f"cannot read corpus file {name}: {e.strerror}") from None
-            pending = len(decoder.getstate()[0])  # an unfinished character from the last chunk
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as e:
-                # e.start counts from the first pending byte, not from the start of `data`.
-                offset = fed - pending + e.start
-                raise undecodable(name, encoding, offset, _bytes_at(source, offset, 4)) from None
-            fed += len(data)
-            if text or not data:
-                yield text, fed
-            if not data:
-                return
-
-
-def _corpus_chunks(
-    sources: list[str | Path], encoding: str, errors: str, chunk_bytes: int
-) -> Iterator[tuple[str, int]]:
-    """The text of all sources in order, in pieces, with the bytes read so far in all."""
-    done = 0
-    for source, name in zip(sources, source_names(sources)):
-        fed = 0
-        for text, fed in _text_chunks(source, name, encoding, errors, chunk_bytes):
-            yield text, done + fed
-        done += fed
 
 
 # --- prepare ----------------------------------------------------------------------------------
@@ -183,13 +112,13 @@ def prepare(
     names = source_names(sources)
     out = Path(out)
     _check_out(out)
-    total = max(1, sum(_size(s) for s in sources))
+    total = max(1, sum(source_size(s) for s in sources))
     bar = Progress(enabled=progress)
     try:
         # Pass 1: which characters occur, how many there are, and the text's digest.
         seen = np.zeros(CODE_POINTS, dtype=bool)
         digest, count = hashlib.sha256(), 0
-        for text, done in _corpus_chunks(sources, encoding, errors, chunk_bytes):
+        for text, done in corpus_chunks(sources, encoding, errors, chunk_bytes):
             seen[code_points(text)] = True
             digest.update(text.encode("utf-8", "surrogatepass"))  # = corpus.text_digest
             count += len(text)
@@ -210,7 +139,7 @@ def prepare(
         except OSError as e:
             raise CharnnError(f"cannot create --out {out}: {e.strerror}") from None
         with atomic_stream(path) as f:
-            for text, done in _corpus_chunks(sources, encoding, errors, chunk_bytes):
+            for text, done in corpus_chunks(sources, encoding, errors, chunk_bytes):
                 ids = table[code_points(text)]
                 again.update(text.encode("utf-8", "surrogatepass"))
                 written += len(ids)

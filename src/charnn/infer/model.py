@@ -22,6 +22,8 @@ from charnn.errors import CharnnError, check_all
 from charnn.evaluate import EvalResult, evaluate_ids
 from charnn.infer.evalrun import EvalConfig
 from charnn.infer.sampling import SampleConfig, StopFilter, generate
+from charnn.infer.score import ScoreConfig, Totals, score_chunks
+from charnn.infer.scorepage import rows
 from charnn.infer.steps import BACKENDS, QUANTIZE, make_stepper
 from charnn.settings import field_problems, setting
 
@@ -46,7 +48,7 @@ class SampleCommand(SampleConfig):
 
 
 class CharModel:
-    """A loaded run: `generate` / `stream` text, `evaluate` text."""
+    """A loaded run: `generate` / `stream` text, `evaluate` and `score` text."""
 
     def __init__(
         self,
@@ -112,6 +114,15 @@ class CharModel:
         check_all(field_problems(EvalConfig(protocol=protocol, unknown=unknown), ["protocol", "unknown"]))
         ids = self.vocab.encode(text, unknown, what="the evaluation text")
         return evaluate_ids(self.model, ids, protocol)
+
+    def score(self, text: str, top: int = ScoreConfig.top, unknown: UnknownPolicy = ScoreConfig.unknown) -> dict:
+        """Every character of `text` scored: the document `charnn score --json` prints, without
+        "run" and "text" (the totals, and "positions": one dict per character)."""
+        check_all(field_problems(ScoreConfig(top=top, unknown=unknown), ["top", "unknown"]))
+        totals = Totals()
+        positions = [row for w in score_chunks(self.model, self.vocab, [text], top, unknown, totals)
+                     for row in rows(w, self.vocab)]
+        return {"positions": positions, **totals.to_dict()}
 
 
 def load(

@@ -6,7 +6,9 @@
     GET  /v1/models           the loaded runs; a model's id is its run directory's name
     GET  /v1/models/{id}
     POST /v1/completions      OpenAI's legacy completions API; a token is a character;
-                              "stream": true answers with server-sent events ending "data: [DONE]"
+                              "stream": true answers with server-sent events ending "data: [DONE]";
+                              "logprobs": N (0-5) scores each character (with "echo", the prompt's
+                              too: "max_tokens": 0 then scores a text)
     GET  /openapi.json        the OpenAPI document (it lists the models: with a key, it needs it)
 
 This module owns create_app: the routes, the checks a request needs beyond its schema, and
@@ -18,6 +20,7 @@ rest of the server is one module per story:
     jobs.py      Sampling in, a Job of Outputs out: what this side and the engine share
     engine.py    generation: one thread per model steps every active stream in one batch
     replies.py   a job's outputs as one JSON body or as server-sent events
+    logprobs.py  log-probabilities: what the engine computes, in OpenAI's shape
     run.py       serve() and background_server(): sockets, uvicorn, the exposure warning
 
 Safe by default: it binds 127.0.0.1 and then answers only to loopback names (--allowed-hosts);
@@ -51,6 +54,7 @@ from charnn.serve.config import ServeConfig
 from charnn.serve.engine import Engine
 from charnn.serve.guard import Guard
 from charnn.serve.jobs import QueueFull, Sampling
+from charnn.serve.logprobs import ChoiceLogprobs, prompt_tokens
 from charnn.serve.replies import collect, events
 from charnn.serve.schemas import (
     DEFAULT_MAX_TOKENS,
@@ -78,13 +82,14 @@ class _Served:
     model: CharModel
     engine: Engine
     card: dict
+    texts: list[str]  # the text of each id (special tokens are '')
 
 
-def _engine(model: CharModel, config: ServeConfig) -> Engine:
-    """The model's engine: its fast stepper, the text of each id (special tokens are ''), the ids
-    never to sample."""
+def _served(model_id: str, model: CharModel, config: ServeConfig) -> _Served:
+    """The model's engine (its fast stepper, the text of each id, the ids never to sample) and card."""
     texts = [model.vocab.decode([i]) for i in range(model.vocab.size)]
-    return Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue)
+    engine = Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue)
+    return _Served(model_id, model, engine, _card(model_id, model), texts)
 
 
 def _card(model_id: str, model: CharModel) -> dict:
@@ -108,7 +113,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
     """The ASGI app serving `models` (id -> loaded run). Engines start with the app's lifespan."""
     config = config or ServeConfig()
     check_all(config.problems())
-    served = {mid: _Served(mid, m, _engine(m, config), _card(mid, m)) for mid, m in models.items()}
+    served = {mid: _served(mid, m, config) for mid, m in models.items()}
     page = (resources.files("charnn.serve") / "static" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -199,14 +204,15 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": s.id}
         deadline = loop.time() + config.timeout
         echo = prompts if req.echo else None
+        logprobs = _logprobs(req, s, prompts, n)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                events(job, wake, head, n, echo, usage, deadline, config.timeout),
+                events(job, wake, head, n, echo, usage, deadline, config.timeout, logprobs),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await collect(job, wake, request, head, n, echo, seed, deadline, config.timeout)
+        return await collect(job, wake, request, head, n, echo, seed, deadline, config.timeout, logprobs)
 
     original_openapi = app.openapi
 
@@ -232,6 +238,14 @@ def _version() -> str:
     from charnn import __version__
 
     return __version__
+
+
+def _logprobs(req: CompletionRequest, s: _Served, prompts: list[str], n: int) -> list[ChoiceLogprobs] | None:
+    """A logprobs builder per choice (choice p * n + i continues prompt p), if the request asked."""
+    if req.logprobs is None:
+        return None
+    tokens = [prompt_tokens(s.model.vocab, p, req.unknown) for p in prompts]
+    return [ChoiceLogprobs(s.texts, prompts[c // n], *tokens[c // n]) for c in range(len(prompts) * n)]
 
 
 def _check(req: CompletionRequest, s: _Served, config: ServeConfig):
@@ -288,5 +302,7 @@ def _check(req: CompletionRequest, s: _Served, config: ServeConfig):
         top_k=min(given("top_k"), s.model.vocab.size),  # k >= V is "off", and fits an int64
         top_p=given("top_p"),
         stop=tuple(stops),
+        logprobs=req.logprobs,
+        score_prompt=bool(req.echo) and req.logprobs is not None,
     )
     return prompts, ids, sampling, n

@@ -16,7 +16,9 @@ them together, letting streams join and leave between steps:
 
 A job (jobs.py) is one request's choices: the engine thread fills it, the caller takes what
 is ready. Cancelling a job (the client went away, or its time ran out) takes its groups out
-of the queue at once and drops its rows at the next step. Engine owns the queue and the two threads; _Batch owns the rows being generated.
+of the queue at once and drops its rows at the next step. Engine owns the queue and the two
+threads; _Batch owns the rows being generated. Outputs carry their characters' scores when
+asked (logprobs.py); the primer scores an echoed prompt (max_tokens 0 ends there).
 
 The engine knows ids, not the model: it is given a stepper (infer.steps.Stepper: `stepper(ids)`
 primes, `stepper.step(ids, state)` steps), the text of each id and the ids never to sample.
@@ -29,7 +31,7 @@ size (differences of about 1e-8 in the logits), which changes a character only w
 candidates are tied within that margin.
 
 Imports: torch, charnn.infer.sampling (sample_rows, StopFilter), charnn.models.lm (states),
-serve.jobs.
+serve.jobs, serve.logprobs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import torch
 from charnn.infer.sampling import StopFilter, sample_rows
 from charnn.models.lm import cat_states, select_state
 from charnn.serve.jobs import Job, Output, QueueFull, Sampling
+from charnn.serve.logprobs import prompt_scores, release, step_scores
 
 log = logging.getLogger("charnn.engine")
 
@@ -75,13 +78,15 @@ class _Group:
 
 
 class _Stream:
-    __slots__ = ("job", "index", "generator", "sampling", "stops", "produced", "greedy")
+    __slots__ = ("job", "index", "generator", "sampling", "stops", "produced", "greedy", "scores")
 
     def __init__(self, job: Job, index: int, generator: torch.Generator, sampling: Sampling) -> None:
         self.job, self.index, self.generator, self.sampling = job, index, generator, sampling
         self.stops = StopFilter(sampling.stop)
         self.produced = 0  # characters sampled so far; the next one uses noise row produced % NOISE_BLOCK
         self.greedy = sampling.temperature == 0
+        # Scores of characters sampled but not yet shown (held back with their text by a stop string).
+        self.scores = collections.deque() if sampling.logprobs is not None else None
 
 
 class _Batch:
@@ -89,6 +94,7 @@ class _Batch:
 
     def __init__(self, stepper, texts: list[str], banned: torch.Tensor) -> None:
         self.stepper, self.texts, self.banned = stepper, texts, banned
+        self.n_chars = sum(1 for t in texts if t)  # ids below it are characters, the rest special tokens
         self.device = stepper.device
         self.generated = 0  # characters sampled since start, all streams
         self.rows: list[_Stream] = []
@@ -143,6 +149,9 @@ class _Batch:
         noise = self.noise[torch.arange(len(rows), device=self.device), at]  # (B, V)
         nxt = sample_rows(logits, *self.settings, noise)  # (B,)
         self.generated += len(rows)
+        wanted = {b: r.sampling.logprobs for b, r in enumerate(rows) if r.scores is not None}
+        for b, score in step_scores(self.logits, nxt, wanted, self.n_chars):  # self.logits: before the ban
+            rows[b].scores.append(score)
 
         keep: list[int] = []
         outputs: dict[Job, list[Output]] = {}
@@ -158,8 +167,9 @@ class _Batch:
             elif r.produced >= r.sampling.max_tokens:
                 text += r.stops.flush()
                 finish = "length"
+            scores = release(r.scores, len(text), self.texts) if r.scores is not None else None
             if text or finish:
-                outputs.setdefault(r.job, []).append(Output(r.index, text, finish))
+                outputs.setdefault(r.job, []).append(Output(r.index, text, finish, scores))
             if finish is None:
                 keep.append(b)
         for job, items in outputs.items():
@@ -264,7 +274,7 @@ class Engine:
         Raises QueueFull when the batch and the queue together have no room for them.
         """
         job = Job(len(prompts) * n, sum(len(p) for p in prompts), on_ready)
-        if sampling.max_tokens == 0:
+        if sampling.max_tokens == 0 and not sampling.score_prompt:
             job.put([Output(i, "", "length") for i in range(job.choices)])
             return job
         groups = [_Group(job, list(p), k * n, [seed + i for i in range(n)], sampling)
@@ -356,12 +366,20 @@ class Engine:
                         g.job.fail(f"generation failed: {type(e).__name__}: {e}", g.indices)
                     continue
                 with self._cond:
-                    for g, result in zip(todo, primed):
-                        g.primed = result
+                    for g, (logits, state, scores) in zip(todo, primed):
+                        if scores is not None:  # before any generated text: the engine has not seen g
+                            g.job.put([Output(i, "", None if g.sampling.max_tokens else "length", scores, True)
+                                       for i in g.indices])
+                        if g.sampling.max_tokens:
+                            g.primed = (logits, state)
+                        elif g in self._pending:  # only the prompt was to be scored: done (if not withdrawn)
+                            self._pending.remove(g)
+                            self._queued -= len(g.seeds)
                     self._cond.notify_all()
 
     def _prime(self, groups: list[_Group]) -> list[tuple]:
-        """Each group's logits after its prompt and the state there, one pass per prompt length.
+        """Each group's logits after its prompt, the state there and (if asked) the prompt's
+        scores, one pass per prompt length.
 
         As sampling.generate does it: prompts of the same length that are waiting together share
         the pass (a lone prompt is primed alone, B=1).
@@ -375,5 +393,8 @@ class Engine:
             logits, state = self.stepper(ids)  # (k, P, V)
             for row, k in enumerate(ks):
                 pick = torch.tensor([row], device=self.device)
-                out[k] = (logits[row : row + 1, -1], select_state(state, pick))
+                g = groups[k]
+                scores = (prompt_scores(logits[row], g.prompt, g.sampling.logprobs, self._batch.n_chars)
+                          if g.sampling.score_prompt else None)
+                out[k] = (logits[row : row + 1, -1], select_state(state, pick), scores)
         return out

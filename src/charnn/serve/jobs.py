@@ -33,6 +33,8 @@ class Sampling:
     top_k: int = default_of(SampleConfig, "top_k")
     top_p: float = default_of(SampleConfig, "top_p")
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # score each generated character, with this many alternatives; None = no
+    score_prompt: bool = False  # score the prompt too (echo with logprobs)
 
 
 @dataclass(slots=True)
@@ -42,6 +44,10 @@ class Output:
     index: int
     text: str
     finish: str | None = None  # "stop" | "length" | "error"
+    # The characters of `text` scored (logprobs.TokenScore each), when the request asked for
+    # logprobs; with `prompt` they are the prompt's instead (its text is the caller's to echo).
+    scores: list | None = None
+    prompt: bool = False
 
 
 class Job:

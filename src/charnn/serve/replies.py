@@ -9,7 +9,8 @@ way out, so its rows leave the batch.
     collect  -> {"id", "object": "text_completion", "created", "model", "choices", "usage", "seed"}
     events   -> data: {chunk}\\n\\n ... data: {usage chunk}\\n\\n (stream_options) data: [DONE]\\n\\n
 
-Imports: serve.jobs (Job) and serve.schemas (APIError); starlette for the JSON response.
+Imports: serve.jobs (Job), serve.logprobs (a choice's logprobs) and serve.schemas (APIError);
+starlette for the JSON response.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from charnn.serve.jobs import Job
+from charnn.serve.logprobs import ChoiceLogprobs, empty, extend
 from charnn.serve.schemas import RETRY_AFTER_S, APIError
 
 # A reader takes what its choices produced at most this often: one event carries the
@@ -61,8 +63,10 @@ def _usage(job: Job) -> dict:
 
 
 async def collect(job: Job, wake: asyncio.Event, request: Request, head: dict, n: int,
-                  echo: list[str] | None, seed: int, deadline: float, timeout: float) -> JSONResponse:
-    """Wait for every choice; give up if the client leaves or the time runs out."""
+                  echo: list[str] | None, seed: int, deadline: float, timeout: float,
+                  logprobs: list[ChoiceLogprobs] | None = None) -> JSONResponse:
+    """Wait for every choice; give up if the client leaves or the time runs out. `logprobs`:
+    one builder per choice when the request asked for them."""
     loop = asyncio.get_running_loop()
     texts = [echo[i // n] if echo else "" for i in range(job.choices)]
     finish: list[str | None] = [None] * job.choices
@@ -80,13 +84,15 @@ async def collect(job: Job, wake: asyncio.Event, request: Request, head: dict, n
                 check = last + 0.25
             for o in job.take():
                 texts[o.index] += o.text
+                if logprobs is not None and o.scores is not None:
+                    logprobs[o.index].add(o.scores, o.prompt)
                 if o.finish:
                     finish[o.index] = o.finish
             if "error" in finish:
                 raise _failed(job)
     finally:
         job.cancel()
-    choices = [{"text": t, "index": i, "logprobs": None, "finish_reason": f}
+    choices = [{"text": t, "index": i, "logprobs": logprobs[i].all if logprobs else None, "finish_reason": f}
                for i, (t, f) in enumerate(zip(texts, finish))]
     return JSONResponse({**head, "object": "text_completion", "choices": choices,
                          "usage": _usage(job), "seed": seed})
@@ -97,12 +103,14 @@ def _sse(obj) -> str:
 
 
 async def events(job: Job, wake: asyncio.Event, head: dict, n: int, echo: list[str] | None,
-                 usage: bool, deadline: float, timeout: float) -> AsyncIterator[str]:
-    """Server-sent events: pieces that arrived together are sent as one chunk per choice."""
+                 usage: bool, deadline: float, timeout: float,
+                 logprobs: list[ChoiceLogprobs] | None = None) -> AsyncIterator[str]:
+    """Server-sent events: pieces that arrived together are sent as one chunk per choice, each
+    with the logprobs of its characters when asked (an echoed prompt then goes with its own)."""
     loop = asyncio.get_running_loop()
     chunk = {**head, "object": "text_completion"}
     try:
-        if echo:
+        if echo and logprobs is None:
             for i in range(job.choices):
                 yield _sse({**chunk, "choices": [{"text": echo[i // n], "index": i, "logprobs": None,
                                                   "finish_reason": None}]})
@@ -118,15 +126,17 @@ async def events(job: Job, wake: asyncio.Event, head: dict, n: int, echo: list[s
             last = loop.time()
             merged: dict[int, list] = {}
             for o in job.take():
-                m = merged.setdefault(o.index, ["", None])
-                m[0] += o.text
+                m = merged.setdefault(o.index, ["", None, None if logprobs is None else empty()])
+                m[0] += (echo[o.index // n] if o.prompt else "") + o.text
                 m[1] = o.finish or m[1]
-            for i, (text, fin) in merged.items():
+                if logprobs is not None and o.scores is not None:
+                    extend(m[2], logprobs[o.index].add(o.scores, o.prompt))
+            for i, (text, fin, lp) in merged.items():
                 if fin == "error":
                     yield _sse(_failed(job).body())
                     return
                 open_choices -= fin is not None
-                yield _sse({**chunk, "choices": [{"text": text, "index": i, "logprobs": None,
+                yield _sse({**chunk, "choices": [{"text": text, "index": i, "logprobs": lp,
                                                   "finish_reason": fin}]})
         if usage:
             yield _sse({**chunk, "choices": [], "usage": _usage(job)})

@@ -5,8 +5,8 @@ set of type hints). An error of any kind is `{"error": {"message", "type", "para
 (APIError). A sampling field's default and bounds are SampleConfig's (charnn.infer.sampling),
 so a request without `temperature` samples as `charnn sample` does.
 
-Imports: pydantic, starlette's JSONResponse, charnn.settings, charnn.infer.sampling (SampleConfig)
-and serve.config; nothing else of the server.
+Imports: pydantic, starlette's JSONResponse, charnn.settings, charnn.infer.sampling (SampleConfig),
+serve.config and serve.logprobs (its limit); nothing else of the server.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from charnn.infer.sampling import SampleConfig
 from charnn.serve.config import ServeConfig
+from charnn.serve.logprobs import MAX_LOGPROBS
 from charnn.settings import default_of, meta
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -101,11 +102,14 @@ class CompletionRequest(BaseModel):
                              description="the same seed gives the same text; none = random (|seed| <= 2^53, exact in JSON)")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    echo: bool | None = Field(False, description="put the prompt before the completion")
+    echo: bool | None = Field(False, description="put the prompt before the completion (with logprobs: and score it)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description=(
+        "return each character's log-probability under the model (before temperature, top-k and top-p) and "
+        "the N most likely characters at its position; with echo, for the prompt's characters too (the first "
+        "one's is null: it is read, not scored). null = none"))
     unknown: Literal["error", "skip", "replace"] = Field(
         "error", description="prompt characters outside the vocabulary: an error (400), dropped, or <unk>")
     # Accepted for compatibility; only their neutral values are supported.
-    logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
     presence_penalty: Annotated[float, _Finite] | None = None
@@ -116,8 +120,6 @@ class CompletionRequest(BaseModel):
     def unsupported(self) -> list[tuple[str, str]]:
         """(param, message) for each compatibility field sent with a value charnn cannot honour."""
         p = []
-        if self.logprobs:
-            p.append(("logprobs", "logprobs are not returned by charnn; leave logprobs out"))
         if self.best_of not in (None, 1):
             p.append(("best_of", "best_of is not supported; leave it out or use n"))
         if self.suffix:
@@ -130,10 +132,19 @@ class CompletionRequest(BaseModel):
         return p
 
 
+class Logprobs(BaseModel):
+    """OpenAI's legacy logprobs of a choice: one entry per character (serve/logprobs.py)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="code points from the start of the prompt, echoed or not")
+
+
 class Choice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: Logprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -214,7 +225,6 @@ def document_limits(props: dict, models: list[str], config: ServeConfig) -> None
         if branch.get("type") == "array":
             branch["items"]["maxLength"] = MAX_STOP_CHARS
     # Accepted for compatibility, with their neutral values only.
-    limit(props["logprobs"], "integer", minimum=0, maximum=0)
     limit(props["best_of"], "integer", minimum=1, maximum=1)
     limit(props["suffix"], "string", maxLength=0)
     limit(props["presence_penalty"], "number", minimum=0, maximum=0)
