@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 _T_END = -2  # past the end of T: below every id, so a suffix sorts before its extensions
 _Q_END = -1  # past the end of q, or a character T cannot hold: equal to nothing in T
 _CHUNK = 8  # characters compared per row at first; doubled while rows stay equal
+_BUDGET = 1 << 21  # at most so many (row, character) pairs compared at once: ~16 MB an array
 
 
 # --- building --------------------------------------------------------------------------------
@@ -152,7 +153,9 @@ class SuffixIndex:
             below[done] = a[pick] < b[pick]
             lcp[rows[~found]] += width
             rows = rows[~found]
-            width *= 2  # a long copy costs O(its length), in few rounds
+            # Doubling: a long copy costs O(its length) in few rounds; the (rows, width) arrays
+            # stay under _BUDGET items (a 10,000-character copy has 10,000 rows doing this).
+            width = max(_CHUNK, min(2 * width, _BUDGET // max(1, len(rows))))
         if limit is not None:  # past the limit, agreeing is all that counts
             below[lcp >= limit] = False
             np.minimum(lcp, limit, out=lcp)
