@@ -18,6 +18,7 @@ from charnn.data.novelty import NGRAMS, document_novelty, measure, query_ids
 from charnn.data.suffixarray import SuffixIndex, open_index, suffix_array
 from charnn.data.vocab import Vocab
 from charnn.errors import CharnnError
+from charnn.infer.novelty import open_novelty, run_document_novelty
 from conftest import TINY_MODEL, TINY_TRAIN
 
 RNG = np.random.default_rng(0)
@@ -85,7 +86,9 @@ def test_numpy_fallback_without_the_extra(monkeypatch):
 
 
 # --- matching statistics ----------------------------------------------------------------------
-def test_matching_statistics_equal_brute_force_on_random_texts():
+@pytest.mark.parametrize("budget", [suffixarray._BUDGET, 1])  # 1: the comparisons in the narrowest steps
+def test_matching_statistics_equal_brute_force_on_random_texts(monkeypatch, budget):
+    monkeypatch.setattr(suffixarray, "_BUDGET", budget)
     for _ in range(200):
         sigma = int(RNG.integers(1, 5))
         train = RNG.integers(0, sigma, int(RNG.integers(1, 50))).tolist()
@@ -244,6 +247,23 @@ def test_run_novelty_against_its_training_split(run):
     assert record["held_out"]["chars"] == len(held_out)
     assert record["held_out"]["ngrams"]["16"] == pytest.approx(brute_fraction(train, held_out, 16))
     assert charnn.load(run).novelty(text) == got
+
+
+def test_a_run_without_a_held_out_split_and_documents(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS, encoding="utf-8")
+    out = tmp_path / "run"
+    charnn.train(corpus=[str(corpus)], out=str(out), max_steps=2, progress=False, val_fraction=0.0,
+                 **TINY_MODEL, **{**TINY_TRAIN, "eval_every": 2})
+    index = open_novelty(out)
+    assert index.held_out == {}
+    assert index.summary(index.measure("The end is near")) == \
+        'longest copied 15 chars ("The end is near"); too short for 16-grams'
+    assert index.summary(index.measure("The end is near, says the fool.\n")) == \
+        'longest copied 32 chars ("The end is near, says the fool.\\n"), 100.0 % of 16-grams in the training text'
+    asked = []
+    counts = run_document_novelty(out, ["anna", "zed"], lambda files: asked.append(files.path) or (["anna"], []))
+    assert asked == [out] and (counts.in_train, counts.new) == (1, 1)
 
 
 def test_a_changed_corpus_is_one_line(tmp_path, run):
