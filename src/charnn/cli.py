@@ -104,14 +104,18 @@ def _add_sample(sub) -> None:
                        description="Generate text from a run's best weights, streamed as it is generated.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
     add_flags(p, SampleCommand, ["prime", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stop",
-                                 "unknown", "device", "backend", "quantize"])
+                                 "unknown", "device", "backend", "quantize", "novelty", "format"])
     p.set_defaults(func=_cmd_sample)
 
 
-def _write_stream(pieces) -> None:
+def _write_stream(pieces) -> str:
+    """Write the pieces as they come; the text they make."""
+    written = []
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
+        written.append(piece)
+    return "".join(written)
 
 
 def _cmd_sample(args) -> int:
@@ -122,11 +126,19 @@ def _cmd_sample(args) -> int:
     if config.seed is None:
         print(f"(seed {samples.seed})", file=sys.stderr)
     for i, pieces in enumerate(samples):
+        if config.format == "jsonl":
+            record = {"sample": i, "seed": samples.seed + i, "prime": config.prime, "text": "".join(pieces)}
+            if samples.novelty:
+                record["novelty"] = samples.novelty.measure(record["text"]).to_dict()
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+            continue
         if i:
-            print("\n" + "-" * 40)
+            print("-" * 40)
         sys.stdout.write(config.prime)
-        _write_stream(pieces)
-    print()
+        text = _write_stream(pieces)
+        print(flush=True)
+        if samples.novelty:
+            print(f"novelty: {samples.novelty.summary(samples.novelty.measure(text))}", file=sys.stderr, flush=True)
     return 0
 
 

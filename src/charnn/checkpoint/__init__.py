@@ -11,6 +11,8 @@
       loss.png           the loss curve (when matplotlib is installed)
       step.onnx          optional: the one-step function for ONNX Runtime (charnn export);
       step-int8.onnx     it records the SHA-256 of the weights it was made from
+      novelty.npy        optional, a cache: the suffix array of the training ids (charnn sample
+      novelty.json       --novelty) and what it was built from (data/suffixarray.py)
 
 Nothing is pickled: tensors go through safetensors, settings and counters are JSON, and
 nothing here calls torch.load. Every file is written atomically (a temporary sibling,
@@ -64,6 +66,7 @@ from charnn.checkpoint.layout import (
     METRICS,
     PLOT,
     VOCAB,
+    novelty_paths,
     onnx_path,
     plot_path,
     writing,
@@ -113,7 +116,7 @@ from charnn.models import CharLM, ModelConfig, build_model
 __all__ = [
     "BEST", "CONFIG", "FORMAT_NAME", "FORMAT_VERSION", "LAST", "METRICS", "PLOT", "VOCAB", "Checkpoint",
     "LoadedRun", "RunFiles", "append_metrics", "create_run", "has_checkpoint", "load_checkpoint", "load_run",
-    "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
+    "novelty_paths", "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
     "save_checkpoint", "save_weights", "truncate_metrics",
 ]
 

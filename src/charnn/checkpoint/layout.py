@@ -18,6 +18,8 @@ BEST = "model.safetensors"
 LAST = "last.safetensors"
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
+NOVELTY_INDEX = "novelty.npy"  # a cache: the suffix array of the training ids (charnn sample --novelty)
+NOVELTY_RECORD = "novelty.json"  # what it was built from; it is rebuilt when that does not match
 
 
 def onnx_path(run_dir: str | Path, quantize: str = "none") -> Path:
@@ -27,6 +29,12 @@ def onnx_path(run_dir: str | Path, quantize: str = "none") -> Path:
 
 def plot_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / PLOT
+
+
+def novelty_paths(run_dir: str | Path) -> tuple[Path, Path]:
+    """Where the novelty index of a run is cached: (the suffix array, its record)."""
+    return Path(run_dir) / NOVELTY_INDEX, Path(run_dir) / NOVELTY_RECORD
+
 
 def _exists(path: Path) -> bool:
     try:

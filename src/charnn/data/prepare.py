@@ -218,6 +218,14 @@ class TokenFile:
             return self._read(np.array([i], dtype=np.int64))[0]
         return self._read(np.asarray(key, dtype=np.int64))
 
+    def memmap(self) -> np.ndarray:
+        """The ids as a read-only memory map, for scattered reads of a few ids each (a novelty
+        query), where the pages touched stay few; training reads through positioned reads."""
+        if self._len == 0:
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self._start * self.dtype.itemsize,
+                         shape=(self._len,))
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self._read_run(0, self._len)
         return data if dtype is None else data.astype(dtype)

@@ -3,8 +3,8 @@
 It is what training, evaluation and export ask: it reads the text (data/corpus.py) or opens
 the token file `charnn prepare` wrote (data/prepare.py), picks the vocabulary, and returns
 the ids of both parts of the split with the record a run keeps of its corpus.
-validation_ids / validation_text re-open a trained run's corpus that way and check it is
-still the one the run recorded. Imports vocab, corpus and prepare.
+validation_ids / validation_text / training_corpus re-open a trained run's corpus that way
+and check it is still the one the run recorded. Imports vocab, corpus and prepare.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from functools import cached_property
 import numpy as np
 
 from charnn.data.corpus import base_chars, read_corpus, split_point, text_digest
-from charnn.data.prepare import TokenFile, find_prepared
+from charnn.data.prepare import TokenFile, find_prepared, token_dtype
 from charnn.data.vocab import Vocab
 from charnn.errors import CharnnError
 
@@ -41,6 +41,14 @@ class OpenedCorpus:
         if self.tokens is not None:
             return self.tokens[self.n_train :]
         return self.vocab.encode(self.text[self.n_train :], what="the validation split")
+
+    def train_array(self) -> np.ndarray:
+        """The training ids as one array for random reads: in memory for a text, a read-only
+        memory map of the token file for a prepared corpus (a novelty query reads a few
+        thousand ids scattered over it)."""
+        if self.tokens is not None:
+            return self.tokens[: self.n_train].memmap()
+        return np.asarray(self.train_ids, dtype=token_dtype(len(self.vocab)))
 
     @property
     def val_text(self) -> str:
@@ -82,8 +90,9 @@ def open_corpus(
     return OpenedCorpus(prepared.vocab, prepared.record, n_train, tokens=prepared.tokens)
 
 
-def _run_corpus(files) -> OpenedCorpus:
-    """A trained run's corpus (`files`: checkpoint.RunFiles), re-opened and checked against its record."""
+def _reopen(files, lost: str) -> OpenedCorpus:
+    """A trained run's corpus (`files`: checkpoint.RunFiles), re-opened and checked against its
+    record; `lost` finishes the message when it changed ("so <what is gone>; <what to do>")."""
     train = files.train
     val_fraction = float(train.get("val_fraction", 0.1))
     corpus = open_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
@@ -92,20 +101,30 @@ def _run_corpus(files) -> OpenedCorpus:
     if corpus.tokens is not None:
         if then != corpus.record["sha256"] or corpus.vocab != files.vocab:
             raise CharnnError(
-                f"the run's prepared corpus {corpus.record['prepared']} changed since it was trained, so its "
-                f"validation split is gone; evaluate on a file with --text FILE"
+                f"the run's prepared corpus {corpus.record['prepared']} changed since it was trained, so {lost}"
             )
     elif then and then != corpus.record["sha256"]:
         raise CharnnError(
-            f"the run's corpus ({', '.join(corpus.record['sources'])}) changed since it was trained, so its "
-            f"validation split is gone; evaluate on a file with --text FILE"
+            f"the run's corpus ({', '.join(corpus.record['sources'])}) changed since it was trained, so {lost}"
         )
+    return corpus
+
+
+def _run_corpus(files) -> OpenedCorpus:
+    """A trained run's corpus with its validation split."""
+    corpus = _reopen(files, "its validation split is gone; evaluate on a file with --text FILE")
     if corpus.record["chars"] - corpus.n_train < 2:
-        shown = val_fraction if corpus.tokens is not None else train.get("val_fraction")
+        shown = float(files.train.get("val_fraction", 0.1)) if corpus.tokens is not None \
+            else files.train.get("val_fraction")
         raise CharnnError(
             f"the run has no validation split (--val-fraction {shown}); evaluate on a file with --text FILE"
         )
     return corpus
+
+
+def training_corpus(files) -> OpenedCorpus:
+    """A trained run's corpus, for what is measured against the text it trained on (novelty)."""
+    return _reopen(files, "the text it trained on is gone; restore the corpus to measure novelty")
 
 
 def validation_ids(files):

@@ -17,16 +17,19 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
+from charnn.data.novelty import HEADLINE, Novelty
 from charnn.data.vocab import UNK, UnknownPolicy
 from charnn.errors import CharnnError, check_all
 from charnn.evaluate import EvalResult, evaluate_ids
 from charnn.infer.evalrun import EvalConfig
+from charnn.infer.novelty import RunNovelty, open_novelty
 from charnn.infer.sampling import SampleConfig, StopFilter, generate
 from charnn.infer.score import ScoreConfig, Totals, score_chunks
 from charnn.infer.scorepage import rows
 from charnn.infer.steps import BACKENDS, QUANTIZE, make_stepper
 from charnn.settings import field_problems, setting
 
+FORMATS = ("text", "jsonl")
 
 @dataclass
 class SampleCommand(SampleConfig):
@@ -42,9 +45,14 @@ class SampleCommand(SampleConfig):
                            "(charnn export; same numbers, faster), else torch", choices=BACKENDS)
     quantize: str = setting("none", "int8 = dynamically quantised weights: faster, slightly lower quality",
                             choices=QUANTIZE)
+    novelty: bool = setting(False, "say how much of each sample is copied from the training text: the "
+                            f"longest shared substring and the share of {HEADLINE}-grams found there (on stderr, "
+                            "or in the JSON lines)")
+    format: str = setting("text", "text = the samples as they are generated; jsonl = one JSON object per "
+                          "sample (sample, seed, prime, text, and novelty with --novelty)", choices=FORMATS)
 
     def problems(self) -> list[str]:
-        return super().problems() + field_problems(self, ["num_samples", "backend", "quantize"])
+        return super().problems() + field_problems(self, ["num_samples", "backend", "quantize", "format"])
 
 
 class CharModel:
@@ -66,6 +74,7 @@ class CharModel:
         self.info = loaded.info
         # Special tokens are never generated as text.
         self.banned = [self.vocab.id_of(UNK)] if self.vocab.has(UNK) else []
+        self._novelty: RunNovelty | None = None
 
     def prime_ids(self, prime: str, unknown: UnknownPolicy = SampleConfig.unknown) -> list[int]:
         """Ids to condition on. An empty prime starts after a newline (or the first character)."""
@@ -106,6 +115,13 @@ class CharModel:
         tail = stops.flush()
         if tail:
             yield tail
+
+    def novelty(self, text: str) -> Novelty:
+        """How much of `text` is copied from the run's training text (charnn.novelty); the
+        training text is indexed on the first call (and cached in the run directory)."""
+        if self._novelty is None:
+            self._novelty = open_novelty(self.run_dir)
+        return self._novelty.measure(text)
 
     def evaluate(
         self, text: str, protocol: str = EvalConfig.protocol, unknown: UnknownPolicy = EvalConfig.unknown
@@ -150,6 +166,7 @@ class Samples:
     prime: list[int]  # the prime's ids, encoded once for every sample
     config: SampleCommand
     seed: int
+    novelty: RunNovelty | None = None  # with --novelty: the training text, indexed
 
     def __iter__(self) -> Iterator[Iterator[str]]:
         for i in range(self.config.num_samples):
@@ -159,10 +176,13 @@ class Samples:
 def sample_run(run_dir: str | Path, config: SampleCommand) -> Samples:
     """`charnn sample`: the settings checked and the prime encoded once, before any text.
 
-    Unknown prime characters are reported here, so nothing is printed before an error.
+    Unknown prime characters are reported here, so nothing is printed before an error. With
+    `config.novelty`, the run's training text is indexed here too (Samples.novelty); the
+    novelty of a sample is that of its generated text, without the prime.
     """
     check_all(config.problems())
     model = CharModel(checkpoint.load_run(run_dir, config.device), config.backend, config.quantize)
     prime = model.prime_ids(config.prime, config.unknown)
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-    return Samples(model, prime, config, seed)
+    novelty = open_novelty(model.run_dir) if config.novelty else None  # a changed corpus: said before any text
+    return Samples(model, prime, config, seed, novelty)
