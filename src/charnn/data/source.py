@@ -3,7 +3,7 @@
 It is what training, evaluation and export ask: it reads the text (data/corpus.py) or opens
 the token file `charnn prepare` wrote (data/prepare.py), picks the vocabulary, and returns
 the ids of both parts of the split with the record a run keeps of its corpus.
-validation_ids / validation_text re-open a trained run's corpus that way and check it is
+run_corpus, validation_ids and validation_text re-open a trained run's corpus that way and check it is
 still the one the run recorded. Imports vocab, corpus and prepare.
 """
 
@@ -82,8 +82,10 @@ def open_corpus(
     return OpenedCorpus(prepared.vocab, prepared.record, n_train, tokens=prepared.tokens)
 
 
-def _run_corpus(files) -> OpenedCorpus:
-    """A trained run's corpus (`files`: checkpoint.RunFiles), re-opened and checked against its record."""
+def run_corpus(files, fix: str = "evaluate on a file with --text FILE", validation: bool = True) -> OpenedCorpus:
+    """A trained run's corpus (`files`: checkpoint.RunFiles), re-opened and checked against its
+    record. `fix` ends the messages when it is gone; `validation=False`: the caller needs only
+    its training split (charnn cells' n-gram models)."""
     train = files.train
     val_fraction = float(train.get("val_fraction", 0.1))
     corpus = open_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
@@ -93,26 +95,26 @@ def _run_corpus(files) -> OpenedCorpus:
         if then != corpus.record["sha256"] or corpus.vocab != files.vocab:
             raise CharnnError(
                 f"the run's prepared corpus {corpus.record['prepared']} changed since it was trained, so its "
-                f"validation split is gone; evaluate on a file with --text FILE"
+                f"validation split is gone; {fix}"
             )
     elif then and then != corpus.record["sha256"]:
         raise CharnnError(
             f"the run's corpus ({', '.join(corpus.record['sources'])}) changed since it was trained, so its "
-            f"validation split is gone; evaluate on a file with --text FILE"
+            f"validation split is gone; {fix}"
         )
-    if corpus.record["chars"] - corpus.n_train < 2:
+    if validation and corpus.record["chars"] - corpus.n_train < 2:
         shown = val_fraction if corpus.tokens is not None else train.get("val_fraction")
         raise CharnnError(
-            f"the run has no validation split (--val-fraction {shown}); evaluate on a file with --text FILE"
+            f"the run has no validation split (--val-fraction {shown}); {fix}"
         )
     return corpus
 
 
 def validation_ids(files):
     """The ids of a run's validation split: its text re-read, or its prepared token file."""
-    return _run_corpus(files).val_ids
+    return run_corpus(files).val_ids
 
 
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
-    return _run_corpus(files).val_text
+    return run_corpus(files).val_text
