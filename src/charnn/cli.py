@@ -346,20 +346,11 @@ def _add_cells(sub) -> None:
 
 
 def _cmd_cells(args) -> int:
-    from charnn.lab.cells import CellsConfig, analyse
-    from charnn.lab.report import dumps, format_table, write_html
-    from charnn.progress import Progress
+    from charnn.lab.cells import CellsConfig
+    from charnn.lab.report import cells, dumps, format_table
 
-    config = CellsConfig(**_settings(args, "run_dir", "json"))
-    bar = Progress(enabled=not args.json)
-    result = analyse(args.run_dir, config, log=bar.message,
-                     progress=lambda f: bar.update(f, "recording", "", force=f >= 1.0))
-    bar.close()
-    if config.html:
-        write_html(result, config.html)
+    result = cells(args.run_dir, CellsConfig(**_settings(args, "run_dir", "json")), progress=not args.json)
     print(dumps(result) if args.json else format_table(result))
-    if config.html and not args.json:
-        print(f"\nwrote {config.html}")
     return 0
 
 

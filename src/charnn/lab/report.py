@@ -5,7 +5,7 @@ of the feature's best unit, Karpathy-style: red for positive, blue for negative,
 zero (scaled by the largest |activation| in the stretch); each character's tooltip gives the
 unit's value and the feature's. The stretch is the STRIP characters of the held-out text,
 starting at a line, where the feature varies most. The page is one self-contained file.
-Imports the lab's cells.py, files and errors.
+`cells()` is the command's one library call. Imports the lab's cells.py, files, progress, errors.
 """
 
 from __future__ import annotations
@@ -18,12 +18,25 @@ import numpy as np
 
 from charnn.errors import CharnnError
 from charnn.files import atomic_write, reason
-from charnn.lab.cells import LONG, CellsResult
+from charnn.lab.cells import LONG, CellsConfig, CellsResult, analyse
+from charnn.progress import Progress
 
 STRIP = 1500  # characters drawn per feature
 CLOSERS = {"brackets": "characters that close a bracket", "quotes": "characters that close a quotation or string",
            "newlines": "newlines"}
 OPENERS = {"brackets": "the opener", "quotes": "the opening quote", "newlines": "the newline before"}
+
+
+def cells(run_dir: str | Path, config: CellsConfig, *, progress: bool = True) -> CellsResult:
+    """`charnn cells`: the analysis (cells.analyse), with its progress on stderr, and the HTML page."""
+    bar = Progress(enabled=progress)
+    result = analyse(run_dir, config, log=bar.message,
+                     progress=lambda f: bar.update(f, "recording", "", force=f >= 1.0))
+    bar.close()
+    if config.html:
+        write_html(result, config.html)
+        bar.message(f"wrote {config.html}")
+    return result
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -96,8 +109,8 @@ def to_json(r: CellsResult) -> dict:
     return {
         "run": r.run, "model": r.model, "text": r.what, "chars": r.chars, "split": r.split, "syntax": r.syntax,
         "units": r.units, "groups": [list(g) for g in r.groups],
-        "features": [{"name": f.name, "kind": f.kind, "what": f.what, "mean": f.mean, "unit": f.unit,
-                      **f.measure.to_dict()} for f in r.features],
+        "features": [{"name": f.name, "kind": f.kind, "what": f.what, "mean": f.mean,
+                      **f.measure.to_dict(), "unit": f.unit, "column": f.measure.unit} for f in r.features],
         "ngram": r.ngram.to_dict() if r.ngram is not None else None,
         "long_range": LONG,
     }
