@@ -94,3 +94,38 @@ def test_every_feature_has_one_value_per_character(syntax):
     for v in f.values.values():
         assert v.shape == (len(text),) and v.dtype == np.float64
     assert text_features("", syntax).values["column"].shape == (0,)
+
+
+@pytest.mark.parametrize("module", ["textwrap", "json.decoder", "string"])
+def test_python_strings_agree_with_the_tokenize_module(module):
+    """in_quote of real Python source equals the span of tokenize's STRING tokens, less each
+    token's prefix (r, b, f) and closing delimiter (an opening quote is inside, a closing one outside)."""
+    import importlib
+    import inspect
+    import io
+    import tokenize
+
+    text = inspect.getsource(importlib.import_module(module))
+    starts = np.cumsum([0] + [len(line) for line in text.splitlines(keepends=True)])
+    expected = np.zeros(len(text), dtype=bool)
+    opened = []  # Python 3.12+ splits an f-string into FSTRING_START ... FSTRING_END
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        a = starts[tok.start[0] - 1] + tok.start[1]
+        b = starts[tok.end[0] - 1] + tok.end[1]
+        kind = tokenize.tok_name[tok.type]
+        if kind == "FSTRING_START":
+            opened.append((a, tok.string))
+            continue
+        if kind == "FSTRING_END":
+            a, prefix = opened.pop()
+            token = prefix + tok.string
+        elif kind == "STRING":
+            token = tok.string
+        else:
+            continue
+        body = token.lstrip("rbfuRBFU")
+        closing = 3 if body[:3] in ('"""', "'''") else 1
+        expected[a + len(token) - len(body) : b - closing] = True
+    assert expected.sum() > 1000
+    got = text_features(text, "python").values["in_quote"].astype(bool)
+    assert (got != expected).sum() == 0
