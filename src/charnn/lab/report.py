@@ -93,6 +93,8 @@ def format_ngram(g) -> list[str]:
             saves = (c["ngram_bits"] - c["rnn_bits"]) if c["count"] else None
             lines.append(f"{c['distance']:<12} {c['count']:>7,} {_num(c['rnn_bits'], '.3f'):>7} "
                          f"{_num(c['ngram_bits'], '.3f'):>8} {_num(saves, '+.3f'):>10}")
+    if not g.chars:
+        return lines + ["", f"no character where the RNN saves bits over the {name}"]
     lines += ["", f"characters where the RNN saves the most bits over the {name} (in all):",
               f"{'char':<6} {'count':>7} {'RNN':>7} {name:>8} {'saved':>9}"]
     for c in g.chars:
