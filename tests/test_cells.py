@@ -175,3 +175,19 @@ def test_bad_input_is_one_line(planted, tmp_path, capsys):
     assert "--html" in _error(capsys, ["cells", run, "--html", str(tmp_path / "no" / "such.html")])
     assert "--ngram" in _error(capsys, ["cells", run, "--ngram", "99"])
     assert "does not exist" in _error(capsys, ["cells", str(tmp_path / "nothing")])
+
+
+def test_a_run_whose_corpus_is_gone(planted, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "moved"
+    shutil.copytree(planted, run)
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["corpus"] = [str(tmp_path / "gone.txt")]
+    (run / "config.json").write_text(json.dumps(config))
+    text = tmp_path / "text.txt"
+    text.write_text(planted_text(seed=3), encoding="utf-8")
+    assert "pass the text to analyse as CORPUS" in _error(capsys, ["cells", str(run)])
+    assert "--ngram 0" in _error(capsys, ["cells", str(run), str(text)])
+    assert main(["cells", str(run), str(text), "--ngram", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ngram"] is None

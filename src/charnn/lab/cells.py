@@ -166,7 +166,10 @@ def analyse(run_dir: str | Path, config: CellsConfig, log: Callable[[str], None]
     if config.text is None or config.ngram:
         fix = ("pass the text to analyse as CORPUS" if config.text is None else
                "pass --ngram 0 (the n-gram models train on the run's training split)")
-        corpus = run_corpus(files, fix, validation=config.text is None)
+        try:
+            corpus = run_corpus(files, fix, validation=config.text is None)
+        except CharnnError as e:  # e.g. its file moved: say what charnn cells needs it for
+            raise CharnnError(str(e) if fix in str(e) else f"{e} (charnn cells reads the run's corpus: {fix})") from None
     text, ids, what = _text(files, config, corpus)
     n = len(ids)
     split = min(n - 2, max(2, int(round(n * (1 - config.held_out)))))
