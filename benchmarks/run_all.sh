@@ -16,6 +16,8 @@ step "default charnn train (the quick start's run) and its scores"
 $PY -m charnn train --out runs/default
 $PY -m charnn eval runs/default --json
 $PY -m charnn eval runs/default --protocol windows --json
+step "the cells that remember: the default run and a run on Python source (4 minutes of training)"
+$PY benchmarks/cells.py --shakespeare-run runs/default --markdown BENCHMARKS.md
 step "training throughput vs a bare loop, MFU"
 $PY benchmarks/train_speed.py
 step "charnn score and the API's logprobs vs eval and a plain request"

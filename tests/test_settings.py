@@ -217,6 +217,7 @@ CONFIGS = {
     "serve": ["charnn.serve.config:ServeConfig"],
     "memorize": ["charnn.lab.memorize:MemorizeConfig"],
     "capacity": ["charnn.lab.capacity:CapacityConfig"],
+    "cells": ["charnn.lab.cells:CellsConfig"],
 }
 
 

@@ -368,6 +368,37 @@ def _cmd_capacity(args) -> int:
     return 0
 
 
+# --- cells ------------------------------------------------------------------------------------
+def _add_cells(sub) -> None:
+    from charnn.lab.cells import CellsConfig
+    from charnn.settings import help_of
+
+    p = sub.add_parser(
+        "cells", help="find the units that track structure (columns, quotes, brackets, ...) and compare with n-grams",
+        description=(
+            "Run a run's model over text (its validation split, or CORPUS), record every unit of every layer, "
+            "and for each structural feature of the text report the single unit that tracks it best and a "
+            "linear probe over all units, on held-out text; then compare the model with character n-gram "
+            "models on the same characters (Karpathy, Johnson & Fei-Fei 2015)."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by charnn train")
+    p.add_argument("text", nargs="?", default=argparse.SUPPRESS, metavar="CORPUS", help=help_of(CellsConfig, "text"))
+    add_flags(p, CellsConfig, ["max_chars", "syntax", "held_out", "streams", "ngram", "html", "unknown", "encoding",
+                               "errors", "device"])
+    p.add_argument("--json", action="store_true", help="print one JSON object (no progress)")
+    p.set_defaults(func=_cmd_cells)
+
+
+def _cmd_cells(args) -> int:
+    from charnn.lab.cells import CellsConfig
+    from charnn.lab.report import cells, dumps, format_table
+
+    result = cells(args.run_dir, CellsConfig(**_settings(args, "run_dir", "json")), progress=not args.json)
+    print(dumps(result) if args.json else format_table(result))
+    return 0
+
+
 # --- main -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from charnn import __version__
@@ -385,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(sub)
     _add_memorize(sub)
     _add_capacity(sub)
+    _add_cells(sub)
     return parser
 
 

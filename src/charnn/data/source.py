@@ -3,8 +3,8 @@
 It is what training, evaluation and export ask: it reads the text (data/corpus.py) or opens
 the token file `charnn prepare` wrote (data/prepare.py), picks the vocabulary, and returns
 the ids of both parts of the split with the record a run keeps of its corpus.
-validation_ids / validation_text / training_corpus re-open a trained run's corpus that way
-and check it is still the one the run recorded. Imports vocab, corpus and prepare.
+run_corpus, validation_ids, validation_text and training_corpus re-open a trained run's corpus
+that way and check it is still the one the run recorded. Imports vocab, corpus and prepare.
 """
 
 from __future__ import annotations
@@ -110,14 +110,15 @@ def _reopen(files, lost: str) -> OpenedCorpus:
     return corpus
 
 
-def _run_corpus(files) -> OpenedCorpus:
-    """A trained run's corpus with its validation split."""
-    corpus = _reopen(files, "its validation split is gone; evaluate on a file with --text FILE")
-    if corpus.record["chars"] - corpus.n_train < 2:
+def run_corpus(files, fix: str = "evaluate on a file with --text FILE", validation: bool = True) -> OpenedCorpus:
+    """A trained run's corpus, checked against its record. `fix` ends the messages when it is
+    gone; `validation=False`: the caller needs only its training split (charnn cells' n-gram models)."""
+    corpus = _reopen(files, f"its validation split is gone; {fix}")
+    if validation and corpus.record["chars"] - corpus.n_train < 2:
         shown = float(files.train.get("val_fraction", 0.1)) if corpus.tokens is not None \
             else files.train.get("val_fraction")
         raise CharnnError(
-            f"the run has no validation split (--val-fraction {shown}); evaluate on a file with --text FILE"
+            f"the run has no validation split (--val-fraction {shown}); {fix}"
         )
     return corpus
 
@@ -129,9 +130,9 @@ def training_corpus(files) -> OpenedCorpus:
 
 def validation_ids(files):
     """The ids of a run's validation split: its text re-read, or its prepared token file."""
-    return _run_corpus(files).val_ids
+    return run_corpus(files).val_ids
 
 
 def validation_text(files) -> str:
     """The validation split of a run's corpus, re-read and checked against the run's record."""
-    return _run_corpus(files).val_text
+    return run_corpus(files).val_text
