@@ -84,7 +84,7 @@ def _engine(model: CharModel, config: ServeConfig) -> Engine:
     """The model's engine: its fast stepper, the text of each id (special tokens are ''), the ids
     never to sample."""
     texts = [model.vocab.decode([i]) for i in range(model.vocab.size)]
-    return Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue)
+    return Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue, end=model.end)
 
 
 def _card(model_id: str, model: CharModel) -> dict:
@@ -100,6 +100,8 @@ def _card(model_id: str, model: CharModel) -> dict:
             "vocab_size": cfg.vocab_size,
             "parameters": sum(p.numel() for p in model.model.parameters()),
             "step": model.info.get("step"), "val_loss": model.info.get("val_loss"),
+            # A documents run completes one document per choice: the prompt is its beginning.
+            "documents": model.documents.format if model.documents is not None else None,
         },
     }
 
