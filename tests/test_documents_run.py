@@ -260,3 +260,23 @@ def test_documents_of_a_file_follow_the_run_format(docs_run, tmp_path, capsys):
     docs = DocumentSet.encode(["anna", "bella", "cora"], model.vocab)
     assert out["chars"] == 4 + 5 + 4 + 3 and out["loss"] == pytest.approx(evaluate_documents(model.model, docs).loss)
     assert DocSpec.of(checkpoint.read_run(docs_run).train).format == "lines"
+
+
+@pytest.mark.slow
+def test_two_processes_train_documents_as_one_process(tmp_path):
+    """torchrun, 2 ranks of a global batch of 8 documents vs one process: each rank reads its rows
+    of every group, its loss is its characters' sum over the global count / 2, and DDP's mean of
+    the two is the global batch's mean per character: the same run to float rounding."""
+    from test_distributed import drive
+
+    corpus = names_file(tmp_path)
+    common = {**SETTINGS, "corpus": [str(corpus)], "max_steps": 20, "eval_every": 10, "log_every": 5}
+    charnn.train(out=str(tmp_path / "one"), progress=False, **common)
+    _, ranks = drive(tmp_path / "report", tmp_path / "two", settings={**common, "out": str(tmp_path / "two")})
+    assert all("summary" in r for r in ranks), ranks
+    m1, m2 = checkpoint.read_metrics(tmp_path / "one"), checkpoint.read_metrics(tmp_path / "two")
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [5, 10, 15, 20]
+    for a, b in zip(m1, m2):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+        if "val_loss" in a:
+            assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
