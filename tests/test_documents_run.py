@@ -175,8 +175,8 @@ def test_every_document_starts_at_start_and_ends_at_end_or_the_cap(docs_run):
 
 
 def test_a_document_stops_at_the_end_token_which_is_not_text():
-    """A stepper that says 'a' three times, then <end>: every document is "aaa", ended; with a cap
-    of 2 it is "aa", not ended."""
+    """A stepper that says 'a' three times, then <end>: every document is "aaa", ended (also with a
+    cap of 3: a document as long as the cap still ends); with a cap of 2 it is "aa", not ended."""
     V, A, END_ID = 4, 0, 3
 
     class Counting:
@@ -196,7 +196,7 @@ def test_a_document_stops_at_the_end_token_which_is_not_text():
             count = state[0, :, 0] + 1
             return self.logits(count), count[None, :, None]
 
-    for length, expected in ((10, ([A] * 3, True)), (2, ([A] * 2, False))):
+    for length, expected in ((10, ([A] * 3, True)), (3, ([A] * 3, True)), (2, ([A] * 2, False))):
         got = list(generate_documents(Counting(), [2], 4, length, 1.0, seed=0, banned=[2], end=END_ID))
         assert sorted(i for i, _, _ in got) == [0, 1, 2, 3]
         assert all((ids, ended) == expected for _, ids, ended in got)

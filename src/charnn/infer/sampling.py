@@ -31,7 +31,8 @@ class SampleConfig:
     The field order is CharModel.generate's positional order after the prime.
     """
 
-    length: int = setting(500, "characters to generate per sample", ge=0)
+    length: int = setting(500, "characters to generate per sample (a documents run: the most a document may have)",
+                          ge=0)
     temperature: float = setting(1.0, "softmax temperature", note="0 = greedy", ge=0)
     top_k: int = setting(0, "sample only from the K most likely characters", note="0 = off", ge=0)
     top_p: float = setting(1.0, "sample from the smallest set of characters with probability >= P",
@@ -233,8 +234,9 @@ def generate_documents(
 ) -> Iterator[tuple[int, list[int], bool]]:
     """n documents that continue `prime` (ids, `<start>` first), drawn side by side in one batch.
 
-    Yields (i, ids, ended) as document i finishes: ended when it drew `end` (left out of ids),
-    not ended when it reached `length` ids first. Document i draws with its own generator,
+    Yields (i, ids, ended) as document i finishes: ended when it drew `end` (left out of ids)
+    within `length` + 1 draws (a document of exactly `length` characters ends too), not ended
+    when it was cut at `length` characters. Document i draws with its own generator,
     seeded seed + i, exactly as generate() draws its one row with that seed (sample_rows), so
     it is the text `generate` gives alone, up to the rounding of a batched step (serve/engine.py
     says when that can change a character). A finished document leaves the batch.
@@ -250,7 +252,7 @@ def generate_documents(
         generators[-1].manual_seed(seed + i)
     banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
     rows, out = list(range(n)), [[] for _ in range(n)]
-    for _ in range(length):
+    for drawn in range(length + 1):
         if len(banned_ids):
             last = last.index_fill(-1, banned_ids, float("-inf"))
         if temperature == 0:
@@ -265,6 +267,8 @@ def generate_documents(
         for b, (i, token) in enumerate(zip(rows, nxt.tolist())):
             if token == end:
                 yield i, out[i], True
+            elif drawn == length:  # the cap: only <end> was still allowed
+                yield i, out[i], False
             else:
                 out[i].append(token)
                 keep.append(b)
@@ -274,8 +278,6 @@ def generate_documents(
             idx = torch.tensor(keep, dtype=torch.long, device=device)
             rows, nxt, state = [rows[b] for b in keep], nxt.index_select(0, idx), select_state(state, idx)
         last, state = model.step(nxt, state)  # (B, V)
-    for i in rows:
-        yield i, out[i], False
 
 
 class StopFilter:
