@@ -54,7 +54,8 @@ def _add_train(sub) -> None:
     add_flags(p.add_argument_group("model"), ModelConfig,
               ["model", "layers", "hidden", "embed", "dropout", "input", "block", "expand", "mlp", "conv"])
     add_flags(p.add_argument_group("data"), TrainConfig,
-              ["val_fraction", "encoding", "errors", "transliterate", "batching", "reset_prob", "batch_size", "seq_len"])
+              ["val_fraction", "encoding", "errors", "transliterate", "batching", "reset_prob", "batch_size", "seq_len",
+               "documents", "doc_sep", "doc_field", "val_docs"])
     add_flags(p.add_argument_group("optimisation"), TrainConfig,
               ["lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "dtype"])
     add_flags(p.add_argument_group("stopping, evaluation, saving"), TrainConfig,
@@ -90,6 +91,11 @@ def _cmd_train(args) -> int:
         from charnn.infer.model import load
 
         model = load(summary.run_dir)
+        if model.documents is not None:  # ten whole documents, each at most --sample-chars long
+            print(f"--- 10 documents (temperature 0.8, seeds 0-9) from {summary.run_dir} ---")
+            for doc in model.sample_documents(10, "", trained.config.sample_chars, temperature=0.8, seed=0):
+                print(doc.line())
+            return 0
         print(f"--- sample (temperature 0.8, seed 0) from {summary.run_dir} ---")
         _write_stream(model.stream("", trained.config.sample_chars, temperature=0.8, seed=0))
         print()
@@ -125,6 +131,8 @@ def _cmd_sample(args) -> int:
     samples = sample_run(args.run_dir, config)
     if config.seed is None:
         print(f"(seed {samples.seed})", file=sys.stderr)
+    if samples.model.documents is not None:  # a documents run: whole documents, one per line
+        return _write_documents(samples, config)
     for i, pieces in enumerate(samples):
         if config.format == "jsonl":
             record = {"sample": i, "seed": samples.seed + i, "prime": config.prime, "text": "".join(pieces)}
@@ -139,6 +147,26 @@ def _cmd_sample(args) -> int:
         print(flush=True)
         if samples.novelty:
             print(f"novelty: {samples.novelty.summary(samples.novelty.measure(text))}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _write_documents(samples, config) -> int:
+    cut = 0
+    found = {"train": 0, "held_out": 0, "new": 0}
+    for doc in samples.documents():
+        cut += not doc.ended
+        record = doc.to_dict()
+        if samples.document_sets is not None:
+            record["novelty"] = samples.document_novelty(doc)
+            found[record["novelty"]] += 1
+        print(json.dumps(record, ensure_ascii=False) if config.format == "jsonl" else doc.line(), flush=True)
+    n = config.num_samples
+    if cut:
+        print(f"({n - cut} of {n} documents ended at <end>; {cut} cut at --length {config.length} or a --stop)",
+              file=sys.stderr)
+    if samples.document_sets is not None:
+        print(f"novelty: of {n} documents, {found['train']} are in the training set, {found['held_out']} in the "
+              f"held-out set, {found['new']} are new", file=sys.stderr)
     return 0
 
 
@@ -163,7 +191,8 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({**result.to_dict(), "text": what, "run": str(args.run_dir)}))
     else:
-        print(f"{what}: {result.chars:,} characters, {result.protocol} protocol: loss {result.loss:.4f} "
+        scored = "characters and <end> tokens" if result.protocol == "documents" else "characters"
+        print(f"{what}: {result.chars:,} {scored}, {result.protocol} protocol: loss {result.loss:.4f} "
               f"nats/char, {result.bpc:.4f} bits/char, perplexity {result.perplexity:.3f}")
     return 0
 

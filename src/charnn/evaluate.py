@@ -7,6 +7,10 @@
   is the exact single pass.
 - windows: contiguous, non-overlapping windows of 256 characters, a fresh state for each,
   every position scored (comparable with nanoGPT's reported validation loss).
+- documents (a `--documents` run; evaluate_documents): every document read on its own from
+  `<start>` and the zero state, each of its characters and its `<end>` scored: the mean over
+  those is makemore's test loss (mean cross-entropy over a name's characters and its end token,
+  inputs starting with the start token). No state crosses from one document to the next.
 
 `charnn eval` itself (its settings and the run directory) is infer/evalrun.py. May import
 errors, data and models.
@@ -20,6 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from charnn.data.docbatches import document_windows
+from charnn.data.documents import DocumentSet
 from charnn.errors import CharnnError
 from charnn.models.lm import char_loss
 
@@ -138,6 +144,29 @@ def evaluate_ids(
     finally:
         model.train(was_training)
     return EvalResult.from_sum(total, chars, protocol)
+
+
+@torch.inference_mode()
+def evaluate_documents(model: torch.nn.Module, docs: DocumentSet, batch_size: int = 64,
+                       seq_len: int = 1024) -> EvalResult:
+    """Loss per character of `docs`, `<end>` included, each document from a fresh state; read in
+    groups of `batch_size` documents of about one length, `seq_len` inputs at a time."""
+    if not len(docs):
+        raise CharnnError("there is no document to score")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    state = None
+    try:
+        for batch in document_windows(docs, batch_size, seq_len):
+            if batch.reset:
+                state = None
+            logits, state = model(batch.x.to(device), state)  # (B, W, V)
+            total += char_loss(logits, batch.y.to(device), reduction="sum").double()  # -1 targets: 0
+    finally:
+        model.train(was_training)
+    return EvalResult.from_sum(float(total), docs.targets, "documents")
 
 
 @torch.inference_mode()

@@ -47,7 +47,7 @@ import torch
 
 from charnn.errors import CharnnError
 
-LAYOUTS = ("streams", "windows")
+LAYOUTS = ("streams", "windows")  # and docbatches.py's documents layout, for --documents runs
 
 
 @dataclass
@@ -56,6 +56,9 @@ class Batch:
     y: torch.Tensor  # (B, T) int64 target ids: x shifted one ahead
     reset: bool  # start the recurrent state afresh before this batch
     fresh: torch.Tensor | None = None  # (B,) bool: rows whose carried state starts afresh
+    # None: the loss is the mean over every target. A number (docbatches.py): targets -1 are
+    # padding, and the loss is the sum over the others divided by it.
+    scale: float | None = None
 
 
 def _gather(data: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
@@ -92,6 +95,7 @@ class StreamBatches:
         self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
         self.column_len = len(data) // columns
         self.steps_per_epoch = (self.column_len - 1) // seq_len
+        self.chars_per_step = columns * seq_len  # all ranks
         if self.steps_per_epoch < 1:
             raise _too_short(len(data), columns * (seq_len + 1), columns, seq_len)
         first = rank * batch_size
@@ -142,6 +146,7 @@ class WindowBatches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.windows = (len(data) - 1) // seq_len - 1  # room for any offset in [0, T)
         self.steps_per_epoch = self.windows // (batch_size * world_size)
+        self.chars_per_step = batch_size * world_size * seq_len  # all ranks
         if self.steps_per_epoch < 1:
             need = (batch_size * world_size + 2) * seq_len + 1
             raise _too_short(len(data), need, batch_size * world_size, seq_len)

@@ -83,6 +83,21 @@ def read_corpus(
 
     `transliterate="ascii"` then maps the text to ASCII (see `transliterate_text`).
     """
+    names, texts = read_texts(paths, encoding, errors, transliterate)
+    text = "".join(texts)
+    if not text:
+        raise empty_corpus(names)
+    return Corpus(transliterate_text(text, transliterate), names)
+
+
+def read_texts(
+    paths: list[str] | tuple[str, ...] = (),
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    transliterate: str = "none",
+) -> tuple[tuple[str, ...], list[str]]:
+    """The names of the files `paths` name and the text of each, not yet transliterated (a
+    documents corpus is cut into documents file by file: data/documents.py)."""
     if transliterate not in TRANSLITERATIONS:
         raise CharnnError(f"--transliterate must be one of {', '.join(TRANSLITERATIONS)}, got {transliterate!r}")
     check_decoding(encoding, errors)
@@ -91,11 +106,7 @@ def read_corpus(
         bundled_text(s) if isinstance(s, str) else _read_file(s, encoding, errors)
         for s in sources
     ]
-    text = "".join(texts)
-    names = source_names(sources)
-    if not text:
-        raise empty_corpus(names)
-    return Corpus(transliterate_text(text, transliterate), names)
+    return source_names(sources), texts
 
 
 def check_decoding(encoding: str, errors: str) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from charnn import checkpoint
 from charnn.data.corpus import ERROR_POLICIES, read_corpus
-from charnn.data.source import validation_ids
-from charnn.data.vocab import UNKNOWN_POLICIES
-from charnn.errors import check_all
-from charnn.evaluate import PROTOCOLS, WINDOW, EvalResult, evaluate_ids
+from charnn.data.documents import DocSpec, DocumentSet, read_documents, split_text
+from charnn.data.source import validation_documents, validation_ids
+from charnn.data.vocab import UNKNOWN_POLICIES, Vocab
+from charnn.errors import CharnnError, check_all
+from charnn.evaluate import PROTOCOLS, WINDOW, EvalResult, evaluate_documents, evaluate_ids
 from charnn.settings import field_problems, setting
 
 
@@ -24,8 +25,9 @@ class EvalConfig:
     """The settings of `charnn eval`: which text, which protocol, how the text is read."""
 
     text: str | None = setting(None, "score this file instead of the validation split", shown="", metavar="FILE")
-    protocol: str = setting("stateful", "stateful: one pass carrying the state; windows: 256-character windows "
-                            "from a fresh state", choices=PROTOCOLS)
+    protocol: str = setting("stateful", "stateful: one pass carrying the state (a documents run: each document "
+                            "in one pass from <start>, <end> scored); windows: 256-character windows from a fresh "
+                            "state", choices=PROTOCOLS)
     streams: int = setting(1, "stateful protocol: score in N parallel warmed-up segments, 1 = one exact pass",
                            positive=True)
     window: int = setting(WINDOW, "windows protocol: characters per window", positive=True)
@@ -49,6 +51,15 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig) -> tuple[EvalResult, s
     check_all(config.problems())
     loaded = checkpoint.load_run(run_dir, config.device)
     files = loaded.files
+    spec = DocSpec.of(files.train)
+    if spec is not None:  # a documents run: its held-out documents, or the documents of --text
+        _documents_protocol(config.protocol)
+        if config.text is None:
+            return evaluate_documents(loaded.model, validation_documents(files)), "held-out documents"
+        how = files.train.get("transliterate", "none")
+        texts = read_documents([config.text], config.encoding, config.errors, how, spec).texts
+        docs = DocumentSet.encode(texts, files.vocab, config.unknown, what=f"the evaluation text ({config.text})")
+        return evaluate_documents(loaded.model, docs), f"{config.text} ({len(docs):,} documents)"
     if config.text is not None:
         # A transliterated run scores text transliterated the same way.
         how = files.train.get("transliterate", "none")
@@ -59,3 +70,18 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig) -> tuple[EvalResult, s
         ids, what = validation_ids(files), "validation split"
     result = evaluate_ids(loaded.model, ids, config.protocol, streams=config.streams, window=config.window)
     return result, what
+
+
+def _documents_protocol(protocol: str) -> None:
+    if protocol == "windows":
+        raise CharnnError("a documents run is scored document by document, each from <start> (the stateful "
+                          "protocol); drop --protocol windows")
+
+
+def score_text(model, vocab: Vocab, spec: DocSpec, text: str, protocol: str, unknown: str, what: str) -> EvalResult:
+    """The documents of `text`, cut as a documents run's corpus was (`spec`), each scored on its own."""
+    _documents_protocol(protocol)
+    texts, _ = split_text(text, spec, what)
+    if not texts:
+        raise CharnnError(f"{what} holds no document (--documents {spec.format})")
+    return evaluate_documents(model, DocumentSet.encode(texts, vocab, unknown, what=what))

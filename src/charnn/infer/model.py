@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
+from charnn.data.documents import DocSpec
 from charnn.data.novelty import HEADLINE, Novelty
-from charnn.data.vocab import UNK, UnknownPolicy
+from charnn.data.source import run_documents
+from charnn.data.vocab import END, START, UNK, UnknownPolicy
 from charnn.errors import CharnnError, check_all
 from charnn.evaluate import EvalResult, evaluate_ids
-from charnn.infer.evalrun import EvalConfig
+from charnn.infer.evalrun import EvalConfig, score_text
 from charnn.infer.novelty import RunNovelty, open_novelty
-from charnn.infer.sampling import SampleConfig, StopFilter, generate
+from charnn.infer.sampling import SampleConfig, StopFilter, generate, generate_documents
 from charnn.infer.score import ScoreConfig, Totals, score_chunks
 from charnn.infer.scorepage import rows
 from charnn.infer.steps import BACKENDS, QUANTIZE, make_stepper
@@ -47,12 +49,33 @@ class SampleCommand(SampleConfig):
                             choices=QUANTIZE)
     novelty: bool = setting(False, "say how much of each sample is copied from the training text: the "
                             f"longest shared substring and the share of {HEADLINE}-grams found there (on stderr, "
-                            "or in the JSON lines)")
-    format: str = setting("text", "text = the samples as they are generated; jsonl = one JSON object per "
-                          "sample (sample, seed, prime, text, and novelty with --novelty)", choices=FORMATS)
+                            "or in the JSON lines); a documents run: how many documents are in the training set, "
+                            "in the held-out set, or new")
+    format: str = setting("text", "text = as generated (a documents run: one document per line, a line break "
+                          "in one written \\n and a backslash \\\\); jsonl = one JSON object per sample "
+                          "(text, seed, ...; novelty with --novelty)", choices=FORMATS)
 
     def problems(self) -> list[str]:
         return super().problems() + field_problems(self, ["num_samples", "backend", "quantize", "format"])
+
+
+@dataclass
+class Document:
+    """One generated document of a documents run."""
+
+    index: int  # its place among the documents asked for
+    seed: int  # the seed it was drawn with (seed + index)
+    text: str  # the prime, then what was generated
+    ended: bool  # it drew <end>; False: cut at the length cap (or a stop string)
+    finish: str  # "end", "length" or "stop"
+
+    def line(self) -> str:
+        """The text on one line: a backslash written \\\\, a line break \\n (\\r for a carriage return)."""
+        return self.text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "seed": self.seed, "text": self.text, "ended": self.ended,
+                "finish": self.finish, "chars": len(self.text)}
 
 
 class CharModel:
@@ -72,13 +95,19 @@ class CharModel:
         self.vocab = loaded.files.vocab
         self.config = loaded.files.model_config
         self.info = loaded.info
-        # Special tokens are never generated as text.
-        self.banned = [self.vocab.id_of(UNK)] if self.vocab.has(UNK) else []
+        # A documents run (--documents) draws whole documents: from <start>, until <end>.
+        self.documents = DocSpec.of(loaded.files.train)
+        self.end = self.vocab.id_of(END) if self.documents is not None else None
+        # Special tokens are never generated as text (but a document's <end>, which ends it).
+        self.banned = [self.vocab.id_of(t) for t in (UNK, START) if self.vocab.has(t)]
         self._novelty: RunNovelty | None = None
 
     def prime_ids(self, prime: str, unknown: UnknownPolicy = SampleConfig.unknown) -> list[int]:
-        """Ids to condition on. An empty prime starts after a newline (or the first character)."""
+        """Ids to condition on. An empty prime starts after a newline (or the first character);
+        a documents run's prime is the start of a document: <start> first."""
         ids = self.vocab.encode(prime, unknown, what="the prime text").tolist()
+        if self.documents is not None:
+            return [self.vocab.id_of(START), *ids]
         if ids:
             return ids
         if prime:
@@ -107,6 +136,8 @@ class CharModel:
         stops = StopFilter(config.stop)
         for nxt in generate(self.stepper, [ids], config.length, config.temperature, config.top_k, config.top_p,
                             config.seed, self.banned):
+            if self.end is not None and int(nxt) == self.end:  # the document is complete
+                break
             out = stops.feed(self.vocab.decode(nxt.tolist()))
             if out:
                 yield out
@@ -123,11 +154,38 @@ class CharModel:
             self._novelty = open_novelty(self.run_dir)
         return self._novelty.measure(text)
 
+    def sample_documents(self, n: int = 1, prime: str = "", *args, **settings) -> list[Document]:
+        """`n` complete documents of a documents run, each `prime` + what follows it up to <end>
+        (or `length` characters, the cap), drawn together; document i with seed + i.
+
+        The settings are those of `stream` (SampleConfig's)."""
+        config = SampleConfig(*args, **settings)
+        check_all(config.problems())
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        return sorted(self.iter_documents(n, prime, self.prime_ids(prime, config.unknown), config, seed),
+                      key=lambda d: d.index)
+
+    def iter_documents(self, n: int, prime: str, ids: list[int], config: SampleConfig, seed: int):
+        """Documents as they finish (any order); `config` is checked, `ids` the prime's."""
+        if self.documents is None:
+            raise CharnnError(f"{self.run_dir} was not trained on documents (charnn train --documents); "
+                              f"sample text from it without documents")
+        for i, out, ended in generate_documents(self.stepper, ids, n, config.length, config.temperature,
+                                                config.top_k, config.top_p, seed, self.banned, self.end):
+            stops = StopFilter(config.stop)
+            text = stops.feed(self.vocab.decode(out))
+            text += stops.flush()
+            finish = "stop" if stops.stopped else "end" if ended else "length"
+            yield Document(i, seed + i, prime + text, ended and not stops.stopped, finish)
+
     def evaluate(
         self, text: str, protocol: str = EvalConfig.protocol, unknown: UnknownPolicy = EvalConfig.unknown
     ) -> EvalResult:
-        """Loss (nats/char), bits per char and perplexity of the model on `text`."""
+        """Loss (nats/char), bits per char and perplexity of the model on `text` (a documents
+        run: the documents of `text`, cut as the run's corpus was, each scored on its own)."""
         check_all(field_problems(EvalConfig(protocol=protocol, unknown=unknown), ["protocol", "unknown"]))
+        if self.documents is not None:
+            return score_text(self.model, self.vocab, self.documents, text, protocol, unknown, "the evaluation text")
         ids = self.vocab.encode(text, unknown, what="the evaluation text")
         return evaluate_ids(self.model, ids, protocol)
 
@@ -167,10 +225,30 @@ class Samples:
     config: SampleCommand
     seed: int
     novelty: RunNovelty | None = None  # with --novelty: the training text, indexed
+    # with --novelty on a documents run: its training and held-out documents, as sets
+    document_sets: tuple[set[str], set[str]] | None = None
+
+    def document_novelty(self, doc: Document) -> str:
+        """Where a generated document is found verbatim: "train", "held_out" or "new" (makemore's
+        in train / in test / new); the whole document, prime included, is compared."""
+        train, held_out = self.document_sets
+        return "train" if doc.text in train else "held_out" if doc.text in held_out else "new"
 
     def __iter__(self) -> Iterator[Iterator[str]]:
         for i in range(self.config.num_samples):
             yield self.model.stream_ids(self.prime, replace(self.config, seed=self.seed + i))
+
+    def documents(self) -> Iterator[Document]:
+        """A documents run's num_samples documents, drawn in one batch, each yielded in order as
+        soon as it and those before it have finished."""
+        done: dict[int, Document] = {}
+        k = 0
+        for doc in self.model.iter_documents(self.config.num_samples, self.config.prime, self.prime,
+                                             self.config, self.seed):
+            done[doc.index] = doc
+            while k in done:
+                yield done.pop(k)
+                k += 1
 
 
 def sample_run(run_dir: str | Path, config: SampleCommand) -> Samples:
@@ -184,5 +262,8 @@ def sample_run(run_dir: str | Path, config: SampleCommand) -> Samples:
     model = CharModel(checkpoint.load_run(run_dir, config.device), config.backend, config.quantize)
     prime = model.prime_ids(config.prime, config.unknown)
     seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
-    novelty = open_novelty(model.run_dir) if config.novelty else None  # a changed corpus: said before any text
+    if config.novelty and model.documents is not None:  # a changed corpus: said before any text
+        train, held_out = run_documents(checkpoint.read_run(model.run_dir))
+        return Samples(model, prime, config, seed, document_sets=(set(train), set(held_out)))
+    novelty = open_novelty(model.run_dir) if config.novelty else None
     return Samples(model, prime, config, seed, novelty)

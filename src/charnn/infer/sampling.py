@@ -5,7 +5,9 @@ the Python API). `generate` primes the state on the prompt in one pass, then ste
 character at a time carrying the state: each step is O(1) in the length of the context.
 `sample_rows` is the one sampler, right for every setting within SampleConfig's bounds:
 float32 arithmetic where it holds, float64 for the rows at its edges. `SampleConfig` is the one place the sampling settings are declared: their defaults, help,
-choices and bounds (charnn.settings). May import errors, settings and data.vocab.
+choices and bounds (charnn.settings). `generate_documents` draws N whole documents (a
+`--documents` run) side by side, each stopping at `<end>`. May import errors, settings,
+data.vocab and models.lm.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from charnn.data.vocab import UNKNOWN_POLICIES
+from charnn.models.lm import select_state
 from charnn.settings import field_problems, setting
 
 
@@ -28,7 +31,8 @@ class SampleConfig:
     The field order is CharModel.generate's positional order after the prime.
     """
 
-    length: int = setting(500, "characters to generate per sample", ge=0)
+    length: int = setting(500, "characters to generate per sample (a documents run: the most a document may have)",
+                          ge=0)
     temperature: float = setting(1.0, "softmax temperature", note="0 = greedy", ge=0)
     top_k: int = setting(0, "sample only from the K most likely characters", note="0 = off", ge=0)
     top_p: float = setting(1.0, "sample from the smallest set of characters with probability >= P",
@@ -212,6 +216,67 @@ def generate(
             last = last.index_fill(-1, banned_ids, float("-inf"))
         nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
         yield nxt
+        last, state = model.step(nxt, state)  # (B, V)
+
+
+@torch.inference_mode()
+def generate_documents(
+    model,
+    prime: Sequence[int],
+    n: int,
+    length: int,
+    temperature: float = SampleConfig.temperature,
+    top_k: int = SampleConfig.top_k,
+    top_p: float = SampleConfig.top_p,
+    seed: int = 0,
+    banned: Sequence[int] = (),
+    end: int = -1,
+) -> Iterator[tuple[int, list[int], bool]]:
+    """n documents that continue `prime` (ids, `<start>` first), drawn side by side in one batch.
+
+    Yields (i, ids, ended) as document i finishes: ended when it drew `end` (left out of ids)
+    within `length` + 1 draws (a document of exactly `length` characters ends too), not ended
+    when it was cut at `length` characters. Document i draws with its own generator,
+    seeded seed + i, exactly as generate() draws its one row with that seed (sample_rows), so
+    it is the text `generate` gives alone, up to the rounding of a batched step (serve/engine.py
+    says when that can change a character). A finished document leaves the batch.
+    """
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    logits, state = model(torch.as_tensor([list(prime)], dtype=torch.long, device=device))  # (1, P, V)
+    fan = torch.zeros(n, dtype=torch.long, device=device)
+    last, state = logits[:, -1].index_select(0, fan), select_state(state, fan)  # (n, V), n rows
+    V = last.shape[-1]
+    generators = []
+    for i in range(n):
+        generators.append(torch.Generator(device=device))
+        generators[-1].manual_seed(seed + i)
+    banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
+    rows, out = list(range(n)), [[] for _ in range(n)]
+    for drawn in range(length + 1):
+        if len(banned_ids):
+            last = last.index_fill(-1, banned_ids, float("-inf"))
+        if temperature == 0:
+            nxt = _argmax(last)
+        else:  # each row's noise from its own generator, as sample_next draws it for one row
+            noise = torch.cat([torch.empty(1, V, device=device).exponential_(generator=generators[i]) for i in rows])
+            B = len(rows)
+            nxt = sample_rows(last, torch.full((B,), _float32(temperature), device=device),
+                              torch.full((B,), min(int(top_k), V), dtype=torch.long, device=device),
+                              torch.full((B,), _float32(top_p), device=device), noise)
+        keep = []
+        for b, (i, token) in enumerate(zip(rows, nxt.tolist())):
+            if token == end:
+                yield i, out[i], True
+            elif drawn == length:  # the cap: only <end> was still allowed
+                yield i, out[i], False
+            else:
+                out[i].append(token)
+                keep.append(b)
+        if len(keep) < len(rows):
+            if not keep:
+                return
+            idx = torch.tensor(keep, dtype=torch.long, device=device)
+            rows, nxt, state = [rows[b] for b in keep], nxt.index_select(0, idx), select_state(state, idx)
         last, state = model.step(nxt, state)  # (B, V)
 
 

@@ -56,10 +56,16 @@ def cat_states(states: list):
     return tuple(cat_states([s[i] for s in states]) for i in range(len(states[0])))
 
 
+IGNORE = -1  # a target that is padding (data/docbatches.py): not scored, 0 under reduction "none"
+
+
 def char_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in nats per character. reduction: "mean", "sum", or "none" -> (B, T)."""
+    """Cross-entropy in nats per character. reduction: "mean", "sum", or "none" -> (B, T).
+
+    Targets IGNORE are left out (the mean is over the others)."""
     V = logits.shape[-1]
-    loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction=reduction)
+    loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), reduction=reduction,
+                           ignore_index=IGNORE)
     return loss.view(targets.shape) if reduction == "none" else loss
 
 

@@ -88,7 +88,7 @@ class _Served:
 def _served(model_id: str, model: CharModel, config: ServeConfig) -> _Served:
     """The model's engine (its fast stepper, the text of each id, the ids never to sample) and card."""
     texts = [model.vocab.decode([i]) for i in range(model.vocab.size)]
-    engine = Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue)
+    engine = Engine(model.stepper, texts, model.banned, config.max_batch, config.max_queue, end=model.end)
     return _Served(model_id, model, engine, _card(model_id, model), texts)
 
 
@@ -105,6 +105,8 @@ def _card(model_id: str, model: CharModel) -> dict:
             "vocab_size": cfg.vocab_size,
             "parameters": sum(p.numel() for p in model.model.parameters()),
             "step": model.info.get("step"), "val_loss": model.info.get("val_loss"),
+            # A documents run completes one document per choice: the prompt is its beginning.
+            "documents": model.documents.format if model.documents is not None else None,
         },
     }
 

@@ -92,8 +92,8 @@ class _Stream:
 class _Batch:
     """The streams being generated, one row each, touched only by the engine thread."""
 
-    def __init__(self, stepper, texts: list[str], banned: torch.Tensor) -> None:
-        self.stepper, self.texts, self.banned = stepper, texts, banned
+    def __init__(self, stepper, texts: list[str], banned: torch.Tensor, end: int | None = None) -> None:
+        self.stepper, self.texts, self.banned, self.end = stepper, texts, banned, end
         self.n_chars = sum(1 for t in texts if t)  # ids below it are characters, the rest special tokens
         self.device = stepper.device
         self.generated = 0  # characters sampled since start, all streams
@@ -164,6 +164,9 @@ class _Batch:
             finish = None
             if r.stops.stopped:
                 finish = "stop"
+            elif i == self.end:  # a documents run's <end>: the document is complete
+                text += r.stops.flush()
+                finish = "stop"
             elif r.produced >= r.sampling.max_tokens:
                 text += r.stops.flush()
                 finish = "length"
@@ -208,15 +211,17 @@ class Engine:
     """One model's batch of streams, stepped by one background thread."""
 
     def __init__(
-        self, stepper, texts: Sequence[str], banned: Sequence[int] = (), max_batch: int = 64, max_queue: int = 256
+        self, stepper, texts: Sequence[str], banned: Sequence[int] = (), max_batch: int = 64, max_queue: int = 256,
+        end: int | None = None,
     ) -> None:
         """`stepper`: `stepper(ids (B, P))` primes (the model's fused forward pass) and
         `stepper.step(ids (B,), state)` steps (infer.steps.Stepper, a loaded run's `.stepper`);
-        `texts[i]`: the text of id i; `banned`: ids never sampled (special tokens)."""
+        `texts[i]`: the text of id i; `banned`: ids never sampled (special tokens); `end`: the id
+        that completes a stream (a documents run's <end>: finish_reason "stop"), None = none."""
         self.stepper = stepper
         self.device = stepper.device
         banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=self.device)
-        self._batch = _Batch(stepper, list(texts), banned_ids)
+        self._batch = _Batch(stepper, list(texts), banned_ids, end)
         self.max_batch, self.max_queue = max_batch, max_queue
         self._cond = threading.Condition()
         self._pending: collections.deque[_Group] = collections.deque()

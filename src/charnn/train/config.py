@@ -17,8 +17,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from charnn import checkpoint
+from charnn.data import documents
 from charnn.data.batching import LAYOUTS
 from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
+from charnn.data.documents import FORMATS as DOC_FORMATS
 from charnn.devices import (
     DTYPES,
     check_dtype,
@@ -47,8 +49,17 @@ class TrainConfig:
     errors: str = setting("strict", "what to do with bytes invalid in --encoding", choices=ERROR_POLICIES)
     transliterate: str = setting("none", "ascii = map the text to ASCII with unidecode (the [ascii] extra) "
                                  "over a printable-ASCII vocabulary; none = keep it", choices=TRANSLITERATIONS)
-    val_fraction: float = setting(0.1, "fraction of the corpus (its end) held out for validation", ge=0, lt=1)
-    batching: str = setting("streams", "batch layout: stateful TBPTT streams or random windows", choices=LAYOUTS)
+    val_fraction: float = setting(0.1, "fraction of the corpus (its end) held out for validation; with "
+                                  "--documents, a seeded random share of the documents", ge=0, lt=1)
+    documents: str = setting("none", "read the corpus as separate documents, each <start> text <end>: lines = one "
+                             "per line, blank = separated by blank lines, sep = by --doc-sep, jsonl = one JSON "
+                             "object per line; none = one stream of text", choices=DOC_FORMATS)
+    doc_sep: str = setting("", "--documents sep: the string between documents (escapes \\n \\t \\r \\\\)",
+                           metavar="STRING", shown="")
+    doc_field: str = setting("text", "--documents jsonl: the field that holds each document's text", metavar="NAME")
+    val_docs: int = setting(0, "--documents: hold out exactly N whole documents, 0 = --val-fraction of them", ge=0)
+    batching: str = setting("streams", "batch layout: stateful TBPTT streams or random windows (a "
+                       "--documents corpus is read one document per row)", choices=LAYOUTS)
     reset_prob: float = setting(0.05, "streams: chance per window that a stream forgets its state "
                                 "(cold-start practice)", ge=0, le=1)
     batch_size: int = setting(32, "sequences per step; under torchrun the global batch, split over the "
@@ -81,7 +92,8 @@ class TrainConfig:
                           metavar="NAME", shown="", flag=False)
 
     def problems(self) -> list[str]:
-        return field_problems(self) + type_problems(self)
+        problems = field_problems(self) + type_problems(self)
+        return problems or documents.problems(self.documents, self.doc_sep, self.doc_field, self.val_docs)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -34,8 +34,6 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
-from charnn.data.batching import make_batches
-from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
@@ -54,7 +52,9 @@ from charnn.train.setup import (
     make_optimizer,
     mixed_precision,
     seeded_model,
+    training_batches,
     training_corpus,
+    validation_loss,
 )
 from charnn.train.state import ResumeState, gather_tensors, restore_hidden, restore_rng
 from charnn.train.writes import RunWriter
@@ -75,8 +75,8 @@ class Summary:
     params: int
 
     @classmethod
-    def of(cls, run_dir: Path, s: ResumeState, cfg: TrainConfig, params: int, reason: str) -> Summary:
-        chars = s.step * cfg.batch_size * cfg.seq_len
+    def of(cls, run_dir: Path, s: ResumeState, params: int, reason: str, chars_per_step: float) -> Summary:
+        chars = s.step * chars_per_step
         val_bpc = s.best_val / math.log(2) if s.best_val is not None else None
         return cls(str(run_dir), s.step, reason, s.best_val, val_bpc, s.last_train_loss, s.elapsed,
                    chars / s.elapsed if s.elapsed else 0.0, params)
@@ -133,10 +133,10 @@ class Trainer:
         corpus = training_corpus(cfg, run)  # text read and encoded in memory, or a prepared token file
         self.vocab = corpus.vocab
         self.model_config = run.model_config if run else replace(model_config, vocab_size=len(self.vocab))
-        # Rank r reads columns r*b .. r*b + b - 1 of the global layout of B columns.
-        self.batches = make_batches(cfg.batching, corpus.train_ids, cfg.batch_size // world, cfg.seq_len,
-                                    cfg.seed, self.dist.rank, world, reset_prob=cfg.reset_prob)
-        self.val_ids = corpus.val_ids
+        self.batches = training_batches(cfg, corpus, self.dist)  # this rank's share of every global batch
+        self.val_ids, self.val_docs = corpus.val_ids, corpus.val_docs  # val_docs: a documents corpus's
+        if corpus.val_docs is not None:
+            self.progress.message(corpus.documents_line)
         self.model = seeded_model(self.model_config, cfg, self.dist, self.device)
         self.ddp: torch.nn.Module = self.model  # the module to train: DDP around it under torchrun
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -199,7 +199,8 @@ class Trainer:
             group["lr"] = lr
         with self.autocast:
             logits, hidden = self.ddp(x, self.hidden)  # (b, T, V)
-        loss = char_loss(logits, y)
+        # A documents batch: its characters' sum over their number in the global batch (docbatches.py).
+        loss = char_loss(logits, y) if batch.scale is None else char_loss(logits, y, "sum") / batch.scale
         # The mean over all ranks' rows is the loss of the global batch; non-finite on every
         # rank when it is on any, so all of them stop together.
         global_loss = self.dist.mean(loss.detach())
@@ -224,15 +225,14 @@ class Trainer:
         if len(self.val_ids) < 2:
             return None
         # Rank 0 scores the whole split, exactly as one process would; the others wait.
-        loss = None
-        if self.dist.is_main:
-            loss = evaluate_ids(self.model, self.val_ids, "stateful", streams=self.cfg.eval_streams).loss
-        loss = self.dist.broadcast_float(loss)
+        result = validation_loss(self.model, self.val_ids, self.val_docs, self.cfg.eval_streams) \
+            if self.dist.is_main else None
+        loss = self.dist.broadcast_float(result.loss if result else None)
         s.last_eval_step = s.step
         if s.best_val is None or loss < s.best_val:
             s.best_val, s.best_step, s.bad_evals = loss, s.step, 0
             self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
-                self.run_dir, self.model, self.vocab, {"step": s.step, "val_loss": loss, "protocol": "stateful"}))
+                self.run_dir, self.model, self.vocab, {"step": s.step, "val_loss": loss, "protocol": result.protocol}))
         else:
             s.bad_evals += 1
         return loss
@@ -266,7 +266,7 @@ class Trainer:
     def run(self) -> Summary:
         s = self.state
         if s.finished and (s.total_steps is None or s.step >= s.total_steps):
-            return Summary.of(self.run_dir, s, self.cfg, self.params, "finished earlier")
+            return Summary.of(self.run_dir, s, self.params, "finished earlier", self.batches.chars_per_step)
         s.finished = False
         if self.ddp is self.model:
             self.ddp = self.dist.wrap(self.model)  # DDP's constructor is a collective
@@ -293,7 +293,7 @@ class Trainer:
                 s.step += 1
                 s.log_loss_sum += loss
                 s.log_loss_count += 1
-                window_chars += cfg.batch_size * cfg.seq_len
+                window_chars += self.batches.chars_per_step
                 now = time.perf_counter()
                 if s.step == calib_step0:
                     calib_t0 = now
@@ -330,7 +330,7 @@ class Trainer:
 
             if note := draw_loss_curve(self.run_dir):
                 self.progress.message(note)
-        return Summary.of(self.run_dir, s, cfg, self.params, reason)
+        return Summary.of(self.run_dir, s, self.params, reason, self.batches.chars_per_step)
 
     def _stop_reason(self, seconds: float) -> str:
         if self.signal_received is not None:

@@ -1,18 +1,25 @@
-"""Setting a run up: its corpus, the model, the optimizer and mixed precision.
+"""Setting a run up: its corpus and batches, the model, the optimizer, mixed precision, and
+how its validation split is scored.
 
 Each function is local to one process (no collective call), so the trainer can build
 everything inside Dist.agree and every rank fails together. Imports data, models,
-checkpoint and devices.
+checkpoint, evaluate and devices.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
 from charnn import checkpoint
-from charnn.data.source import OpenedCorpus, open_corpus
+from charnn.data.batching import make_batches
+from charnn.data.docbatches import DocumentBatches
+from charnn.data.documents import DocSpec
+from charnn.data.source import OpenedCorpus, open_corpus, same_split
 from charnn.devices import DTYPES
 from charnn.errors import CharnnError
+from charnn.evaluate import EvalResult, evaluate_documents, evaluate_ids
 from charnn.models import CharLM, ModelConfig, build_model
 from charnn.train.config import TrainConfig, check_memory
 from charnn.train.distributed import Dist
@@ -29,10 +36,10 @@ def check_batch_split(batch_size: int, world: int) -> None:
 def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> OpenedCorpus:
     """The run's corpus; a resumed run's must be the one it recorded, read in its vocabulary."""
     corpus = open_corpus(cfg.corpus, cfg.encoding, cfg.errors, cfg.transliterate, cfg.val_fraction,
-                         vocab=None if run is None else run.vocab)
+                         vocab=None if run is None else run.vocab, documents=DocSpec.of(asdict(cfg)))
     if run is not None:
         now, then = corpus.record, run.data
-        if then.get("sha256") != now["sha256"]:
+        if not same_split(then, now):
             raise CharnnError(
                 f"the corpus ({', '.join(now['sources'])}) changed since the run started "
                 f"({then.get('chars')} characters then, {now['chars']} now); restore it, "
@@ -41,6 +48,24 @@ def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> Opened
         if corpus.vocab != run.vocab:
             raise CharnnError(f"{now['prepared']} has another vocabulary than the run {run.path}")
     return corpus
+
+
+def training_batches(cfg: TrainConfig, corpus: OpenedCorpus, dist: Dist):
+    """The batch iterator of this rank: the documents layout for a documents corpus, else
+    --batching's; rank r reads its share of every global batch of --batch-size."""
+    world = dist.world_size
+    if corpus.train_docs is not None:
+        return DocumentBatches(corpus.train_docs, cfg.batch_size // world, cfg.seq_len, cfg.seed, dist.rank, world)
+    return make_batches(cfg.batching, corpus.train_ids, cfg.batch_size // world, cfg.seq_len,
+                        cfg.seed, dist.rank, world, reset_prob=cfg.reset_prob)
+
+
+def validation_loss(model: CharLM, val_ids, val_docs, streams: int) -> EvalResult:
+    """The validation split scored: a documents corpus document by document, text in one
+    stateful pass of `streams` warmed-up segments."""
+    if val_docs is not None:
+        return evaluate_documents(model, val_docs)
+    return evaluate_ids(model, val_ids, "stateful", streams=streams)
 
 
 def seeded_model(model_config: ModelConfig, cfg: TrainConfig, dist: Dist, device: torch.device) -> CharLM:
