@@ -280,3 +280,19 @@ def test_two_processes_train_documents_as_one_process(tmp_path):
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
         if "val_loss" in a:
             assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
+
+
+def test_sample_novelty_on_documents_counts_train_held_out_and_new(docs_run, capsys):
+    from charnn.data.source import run_documents
+
+    train, held_out = run_documents(checkpoint.read_run(docs_run))
+    assert main(["sample", str(docs_run), "--num-samples", "30", "--seed", "5", "--length", "40",
+                 "--novelty", "--format", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    expect = ["train" if r["text"] in set(train) else "held_out" if r["text"] in set(held_out) else "new"
+              for r in rows]
+    assert [r["novelty"] for r in rows] == expect
+    counts = {k: expect.count(k) for k in ("train", "held_out", "new")}
+    assert (f"novelty: of 30 documents, {counts['train']} are in the training set, {counts['held_out']} in the "
+            f"held-out set, {counts['new']} are new") in captured.err
