@@ -93,7 +93,7 @@ def test_an_error_on_one_rank_is_raised_on_all_and_printed_once(monkeypatch, cap
     def rank_one(args):
         raise ReportedByRankZero("printed by rank 0")
 
-    monkeypatch.setattr("charnn.cli._cmd_prepare", rank_one)
+    monkeypatch.setattr("charnn.cli.training._cmd_prepare", rank_one)
     assert main(["prepare", "--out", str(tmp_path / "p")]) == 2
     assert capsys.readouterr().err == ""
 

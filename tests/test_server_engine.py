@@ -13,8 +13,9 @@ import charnn
 from charnn.infer.sampling import sample_next, sample_rows
 from charnn.models import CORES, ModelConfig, build_model
 from charnn.models.lm import cat_states, select_state, state_tensors
-from charnn.serve.engine import NOISE_BLOCK, Engine
+from charnn.serve.engine import Engine
 from charnn.serve.jobs import QueueFull, Sampling
+from charnn.serve.rows import NOISE_BLOCK
 
 
 def run(job, seconds: float = 30.0) -> tuple[list[str], list[str]]:
