@@ -9,14 +9,14 @@ still the one the run recorded. Imports vocab, corpus and prepare.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 
 from charnn.data.corpus import base_chars, read_corpus, split_point, text_digest
 from charnn.data.prepare import TokenFile, find_prepared
-from charnn.data.vocab import Vocab
+from charnn.data.vocab import UnknownPolicy, Vocab
 from charnn.errors import CharnnError
 
 
@@ -29,18 +29,30 @@ class OpenedCorpus:
     n_train: int  # ids [0, n_train) train, the rest validates
     text: str | None = None  # the text, read whole; None for a prepared corpus
     tokens: TokenFile | None = None  # a prepared corpus's ids, read as they are indexed
+    unknown: UnknownPolicy = "error"  # characters of the text outside `vocab` (a fine-tuned run's)
 
     @cached_property
     def train_ids(self):
         if self.tokens is not None:
             return self.tokens[: self.n_train]
-        return self.vocab.encode(self.text[: self.n_train], what="the corpus")
+        return self.vocab.encode(self.text[: self.n_train], self.unknown, what="the corpus")
 
     @cached_property
     def val_ids(self):
         if self.tokens is not None:
             return self.tokens[self.n_train :]
-        return self.vocab.encode(self.text[self.n_train :], what="the validation split")
+        return self.vocab.encode(self.text[self.n_train :], self.unknown, what="the validation split")
+
+    def in_vocab(self, vocab: Vocab, unknown: UnknownPolicy = "error") -> OpenedCorpus:
+        """The same text (split where it was) read in another vocabulary, a fine-tuned run's;
+        `unknown` says what becomes of characters outside it. Not for a prepared corpus, whose
+        ids are its own vocabulary's."""
+        if self.tokens is not None:
+            raise CharnnError(
+                f"--init-from reads the corpus as text, and {self.record['prepared']} is a prepared "
+                f"token file; fine-tune on the text files it was prepared from"
+            )
+        return replace(self, vocab=vocab, unknown=unknown)
 
     @property
     def val_text(self) -> str:
@@ -58,12 +70,14 @@ def open_corpus(
     transliterate: str = "none",
     val_fraction: float = 0.1,
     vocab: Vocab | None = None,
+    unknown: UnknownPolicy = "error",
 ) -> OpenedCorpus:
     """The corpus `paths` name: text read in memory, or one directory made by charnn prepare.
 
     `vocab` is the vocabulary of the run the corpus belongs to (a resumed or evaluated run);
     None builds it from the text (a new run). A prepared corpus keeps its own vocabulary,
-    which the caller compares with the run's.
+    which the caller compares with the run's. `unknown`: the fate of the text's characters
+    outside `vocab` (a fine-tuned run's vocabulary need not hold them all: --unknown).
     """
     prepared = find_prepared(paths)
     if prepared is None:
@@ -72,7 +86,7 @@ def open_corpus(
         if vocab is None:
             vocab = Vocab.from_text(text + base_chars(transliterate))
         record = {"sources": list(corpus.sources), "chars": len(text), "sha256": text_digest(text)}
-        return OpenedCorpus(vocab, record, split_point(len(text), val_fraction), text=text)
+        return OpenedCorpus(vocab, record, split_point(len(text), val_fraction), text=text, unknown=unknown)
     if transliterate != "none":
         raise CharnnError(
             f"--transliterate {transliterate} does not apply to the prepared corpus "
@@ -87,7 +101,8 @@ def _run_corpus(files) -> OpenedCorpus:
     train = files.train
     val_fraction = float(train.get("val_fraction", 0.1))
     corpus = open_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
-                         train.get("transliterate", "none"), val_fraction, vocab=files.vocab)
+                         train.get("transliterate", "none"), val_fraction, vocab=files.vocab,
+                         unknown=train.get("unknown", "error"))  # a fine-tuned run's --unknown
     then = files.data.get("sha256")
     if corpus.tokens is not None:
         if then != corpus.record["sha256"] or corpus.vocab != files.vocab:
