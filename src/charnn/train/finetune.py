@@ -121,6 +121,17 @@ def start_from(model: CharLM, parent: Parent, vocab: Vocab) -> None:
         model.load_state_dict(state)
 
 
+def describe(parent: Parent, vocab: Vocab) -> str:
+    """What a fine-tuned run starts from, in one line for the log."""
+    added = sorted(set(vocab.chars) - set(parent.vocab.chars)) + [s for s in vocab.specials
+                                                                   if s not in parent.vocab.specials]
+    shown = " ".join(c if c.isprintable() and not c.isspace() else repr(c) for c in added[:30])
+    shown += " ..." if len(added) > 30 else ""
+    grown = f"{len(parent.vocab)} -> {len(vocab)} tokens, new: {shown}" if added else f"{len(vocab)} tokens, kept"
+    return (f"fine-tuning from {parent.record['path']} (step {parent.record['step']}); "
+            f"vocabulary {grown}")
+
+
 def check_settings(cfg: TrainConfig) -> list[str]:
     """The fine-tuning flags' own problems: --vocab and --unknown only with --init-from, and
     --unknown only with --vocab keep (extend has a place for every character)."""

@@ -14,7 +14,8 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py, the writes to the run directory in writes.py;
+target and the learning rate in schedule.py, the writes to the run directory in writes.py,
+where a fine-tuned run starts (its parent's weights) in finetune.py;
 what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
 evaluate, _log, run and _loop. Imports those modules and config, distributed, and
 checkpoint, evaluate and progress below them.
@@ -140,6 +141,8 @@ class Trainer:
                                     cfg.seed, self.dist.rank, world, reset_prob=cfg.reset_prob)
         self.val_ids = corpus.val_ids
         self.model = seeded_model(self.model_config, cfg, self.dist, self.device, parent, self.vocab)
+        if parent is not None:
+            self.progress.message(finetune.describe(parent, self.vocab))
         self.ddp: torch.nn.Module = self.model  # the module to train: DDP around it under torchrun
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, cfg, self.device)
