@@ -174,7 +174,9 @@ def test_fine_tuned_run_starts_with_the_parents_predictions(parents, texts, tmp_
     positions = positions_in(parent.vocab, files.vocab)
     old, new = log_probs(parent.model, parent.vocab, OLD_TEXT), log_probs(child, files.vocab, OLD_TEXT)[:, positions]
     assert torch.allclose(torch.log_softmax(new, -1), old, atol=1e-6)
-    assert (old - new).abs().max() < 1e-3
+    # The new tokens take n_new e^b / Z: under 1 % even here, where the barely trained parents'
+    # distributions are nearly flat (on a trained run far less: models/resize.py's measurement).
+    assert (old - new).abs().max() < 1e-2
     assert digests(type(tmp_path)(parent_dir)) == before  # the parent is only read
 
 
