@@ -322,3 +322,22 @@ def test_cli_errors_are_one_line(capsys, parents, texts, tmp_path):
     code, _, err = cli(capsys, "train", new, "--init-from", parent, "--preset", "quick", "--out", tmp_path / "o")
     assert_one_line(code, err, "--preset and --init-from")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_fine_tuning_under_torchrun_matches_one_process(parents, texts, tmp_path):
+    """Every rank loads the parent and moves its weights; the collective first resume point,
+    written by rank 0 alone, and the steps after it are those of one process."""
+    from test_distributed import drive
+
+    parent, run, one = parents(), tmp_path / "ddp", tmp_path / "one"
+    flags = [str(texts / "new.txt"), "--init-from", parent, "--max-steps", "20", "--batch-size", "4",
+             "--seq-len", "16", "--eval-every", "10", "--sample-chars", "0", "--dtype", "float32", "--quiet"]
+    _, ranks = drive(tmp_path / "report", run, argv=["train", *flags, "--out", str(run)])
+    assert [r["exit"] for r in ranks] == [0, 0] and ranks[1]["writes"] == []
+    charnn.train(corpus=[str(texts / "new.txt")], init_from=parent, out=str(one), max_steps=20, progress=False,
+                 **tiny())
+    assert json.loads((run / "config.json").read_text())["parent"] == json.loads((one / "config.json").read_text())["parent"]
+    w1, w2 = checkpoint.load_checkpoint(one).model, checkpoint.load_checkpoint(run).model
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
