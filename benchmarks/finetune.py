@@ -1,8 +1,8 @@
 """Fine-tuning vs training from scratch on a small English text, at equal wall time.
 
-    python benchmarks/finetune.py --parent runs/default          # ~25 minutes with the defaults
+    python benchmarks/finetune.py --parent runs/default          # ~45 minutes with the defaults
     python benchmarks/finetune.py --parent runs/default --write  # and append to BENCHMARKS.md
-    python benchmarks/finetune.py --quick                        # a smoke run (tiny parent, ~1 minute)
+    python benchmarks/finetune.py --quick                        # a smoke run (tiny parent, a few minutes)
 
 The text is the prose of Python's own documentation topics (`pydoc_data/topics.py`, the
 text of `help("with")` and its siblings), which ships with every CPython: anyone can
@@ -20,7 +20,8 @@ For each training size (20,000 and 200,000 characters from the start of the text
    defaults) for the same --budget seconds;
 3. train from scratch for --cap x --budget seconds and find when its validation loss first
    reaches the fine-tuned run's best: how long from scratch needs to catch up (the parent's
-   own training time is not counted).
+   own training time is not counted). A run planned for longer keeps a higher learning rate
+   for longer, so it may reach a loss later than a run planned to end there: an upper bound.
 
 Validation loss: the runs' own evaluations every --eval-every steps (stateful protocol, nats
 per character), the best of each run; the curves go to the JSON file. Every run directory is
