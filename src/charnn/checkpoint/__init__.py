@@ -2,7 +2,8 @@
 
     runs/<name>/
       config.json        format version + the resolved model and training settings, and
-                         what the corpus was (its files, length and SHA-256)
+                         what the corpus was (its files, length and SHA-256); a fine-tuned
+                         run also its parent: path, SHA-256 of its weights file, step
       vocab.json         the versioned vocabulary (vocab.py)
       model.safetensors  weights of the best checkpoint (by validation loss)
       last.safetensors   the resume point: weights, optimizer moments, RNG states, the
@@ -51,6 +52,7 @@ API every other module uses. Imports: errors, files, data.vocab, models.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -96,13 +98,14 @@ from charnn.checkpoint.tensorfile import (
     read_tensors,
     save_tensors,
 )
-from charnn.data.vocab import Vocab, vocab_digest
+from charnn.data.vocab import UNKNOWN_POLICIES, Vocab, vocab_digest
 from charnn.errors import CharnnError
 from charnn.files import (
     append_jsonl,
     atomic_write,
     check_version,
     make_directory,
+    open_regular,
     path_kind,
     read_json,
     read_jsonl,
@@ -115,8 +118,8 @@ from charnn.models import CharLM, ModelConfig, build_model
 
 __all__ = [
     "BEST", "CONFIG", "FORMAT_NAME", "FORMAT_VERSION", "LAST", "METRICS", "PLOT", "VOCAB", "Checkpoint",
-    "LoadedRun", "RunFiles", "append_metrics", "create_run", "has_checkpoint", "load_checkpoint", "load_run",
-    "novelty_paths", "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
+    "LoadedRun", "RunFiles", "append_metrics", "create_run", "has_checkpoint", "load_checkpoint", "load_parent",
+    "load_run", "novelty_paths", "onnx_path", "plot_path", "read_metrics", "read_run", "restore_model",
     "save_checkpoint", "save_weights", "truncate_metrics",
 ]
 
@@ -132,13 +135,15 @@ class RunFiles:
     data: dict  # what the corpus was: sources, chars, sha256
     vocab: Vocab
     params: int = 0  # how many weights the model has (counted without building it)
+    parent: dict | None = None  # a fine-tuned run's parent: {"path", "sha256", "step"}
 
 
 def create_run(
-    run_dir: str | Path, model_config: ModelConfig, train: dict, vocab: Vocab, data: dict
+    run_dir: str | Path, model_config: ModelConfig, train: dict, vocab: Vocab, data: dict,
+    parent: dict | None = None,
 ) -> Path:
-    """Start a run directory: config.json and vocab.json. Refuses to overwrite another run; if
-    it cannot finish, it removes what it made."""
+    """Start a run directory: config.json and vocab.json (and, fine-tuned, the `parent` record
+    of load_parent). Refuses to overwrite another run; if it cannot finish, it removes what it made."""
     run_dir = Path(run_dir)
     kind = path_kind(run_dir)
     if kind == "dir" and path_kind(run_dir / CONFIG, follow=False) is not None:
@@ -162,6 +167,7 @@ def create_run(
         "model": model_config.to_dict(),
         "train": train,
         "data": data,
+        **({"parent": parent} if parent is not None else {}),
     }
     path = run_dir / VOCAB
     try:
@@ -195,6 +201,7 @@ _CORPUS_RECORD = {
     "errors": ("a string", lambda v: isinstance(v, str)),
     "transliterate": ("a string", lambda v: isinstance(v, str)),
     "val_fraction": ("a number", lambda v: has_type(v, float)),
+    "unknown": (f"one of {', '.join(UNKNOWN_POLICIES)}", lambda v: v in UNKNOWN_POLICIES),
 }
 
 
@@ -235,7 +242,9 @@ def read_run(run_dir: str | Path) -> RunFiles:
         except CharnnError:
             continue  # missing or unreadable: whoever loads that file says so
         _check_count(run_dir / name, shapes, kind, params)
-    return RunFiles(run_dir, config, dict(train), dict(data), vocab, params)
+    parent = cfg.get("parent")  # what it was made from; nothing reads it back but a restart from step 0
+    return RunFiles(run_dir, config, dict(train), dict(data), vocab, params,
+                    parent if isinstance(parent, dict) else None)
 
 
 # --- the best weights -------------------------------------------------------------------------
@@ -276,6 +285,22 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
 
 
 
+
+
+def load_parent(run_dir: str | Path) -> tuple[LoadedRun, dict]:
+    """A run to fine-tune from (`--init-from`): its model with its best weights, and the record
+    the new run keeps of it: its path, the SHA-256 of its weights file (what `sha256sum`
+    prints) and the step they are from. Every fault is one line naming --init-from."""
+    try:
+        loaded = load_run(run_dir)
+        digest = hashlib.sha256()
+        with open_regular(loaded.files.path / BEST, FIX) as (f, _):
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except CharnnError as e:
+        raise CharnnError(f"--init-from {run_dir}: {e}") from None
+    record = {"path": str(Path(run_dir).resolve()), "sha256": digest.hexdigest(), "step": loaded.info.get("step")}
+    return loaded, record
 
 
 # --- metrics ----------------------------------------------------------------------------------

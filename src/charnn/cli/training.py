@@ -31,6 +31,8 @@ def add_train(sub) -> None:
                    help="continue a run where it stopped; only stopping, logging and device flags may change")
     add_flags(p, TrainConfig, ["preset"])
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    add_flags(p.add_argument_group("fine-tuning (charnn train NEW_TEXT --init-from RUN)"), TrainConfig,
+              ["init_from", "vocab", "unknown"])
     add_flags(p.add_argument_group("model"), ModelConfig,
               ["model", "layers", "hidden", "embed", "dropout", "input", "block", "expand", "mlp", "conv"])
     add_flags(p.add_argument_group("data"), TrainConfig,

@@ -11,7 +11,7 @@ recorded. Imports vocab, corpus, prepare and documents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -26,7 +26,7 @@ from charnn.data.documents import (
     split_digest,
 )
 from charnn.data.prepare import TokenFile, find_prepared, token_dtype
-from charnn.data.vocab import Vocab
+from charnn.data.vocab import UnknownPolicy, Vocab
 from charnn.errors import CharnnError
 
 
@@ -41,6 +41,7 @@ class OpenedCorpus:
     tokens: TokenFile | None = None  # a prepared corpus's ids, read as they are indexed
     train_docs: DocumentSet | None = None  # a documents corpus: the documents that train
     val_docs: DocumentSet | None = None  # ... and those held out (ids: each <start> chars <end>)
+    unknown: UnknownPolicy = "error"  # characters of the text outside `vocab` (a fine-tuned run's)
 
     @property
     def documents_line(self) -> str:
@@ -56,7 +57,7 @@ class OpenedCorpus:
             return self.train_docs.ids
         if self.tokens is not None:
             return self.tokens[: self.n_train]
-        return self.vocab.encode(self.text[: self.n_train], what="the corpus")
+        return self.vocab.encode(self.text[: self.n_train], self.unknown, what="the corpus")
 
     @cached_property
     def val_ids(self):
@@ -64,7 +65,23 @@ class OpenedCorpus:
             return self.val_docs.ids
         if self.tokens is not None:
             return self.tokens[self.n_train :]
-        return self.vocab.encode(self.text[self.n_train :], what="the validation split")
+        return self.vocab.encode(self.text[self.n_train :], self.unknown, what="the validation split")
+
+    def in_vocab(self, vocab: Vocab, unknown: UnknownPolicy = "error") -> OpenedCorpus:
+        """The same text (split where it was) read in another vocabulary, a fine-tuned run's;
+        `unknown` says what becomes of characters outside it. Not for a prepared corpus, whose
+        ids are its own vocabulary's."""
+        if self.tokens is not None:
+            raise CharnnError(
+                f"--init-from reads the corpus as text, and {self.record['prepared']} is a prepared "
+                f"token file; fine-tune on the text files it was prepared from"
+            )
+        if self.train_docs is not None:  # documents are encoded when read: again, in `vocab`
+            train = DocumentSet.encode(self.train_docs.texts, vocab, unknown, what="the training documents")
+            held = DocumentSet.encode(self.val_docs.texts, vocab, unknown, what="the validation documents")
+            return replace(self, vocab=vocab, unknown=unknown, n_train=len(train.ids), train_docs=train,
+                           val_docs=held)
+        return replace(self, vocab=vocab, unknown=unknown)
 
     def train_array(self) -> np.ndarray:
         """The training ids as one array for random reads: in memory for a text, a read-only
@@ -93,27 +110,29 @@ def open_corpus(
     val_fraction: float = 0.1,
     vocab: Vocab | None = None,
     documents: DocSpec | None = None,
+    unknown: UnknownPolicy = "error",
 ) -> OpenedCorpus:
     """The corpus `paths` name: text read in memory, or one directory made by charnn prepare,
     or (`documents`) documents read in memory, a seeded share of them held out whole.
 
     `vocab` is the vocabulary of the run the corpus belongs to (a resumed or evaluated run);
     None builds it from the text (a new run). A prepared corpus keeps its own vocabulary,
-    which the caller compares with the run's.
+    which the caller compares with the run's. `unknown`: the fate of the text's characters
+    outside `vocab` (a fine-tuned run's vocabulary need not hold them all: --unknown).
     """
     prepared = find_prepared(paths)
     if documents is not None:
         if prepared is not None:
             raise CharnnError(f"--documents reads text files, not the prepared corpus {prepared.path}; "
                               f"train on the text files")
-        return _documents(paths, encoding, errors, transliterate, documents, vocab)
+        return _documents(paths, encoding, errors, transliterate, documents, vocab, unknown)
     if prepared is None:
         corpus = read_corpus(paths, encoding, errors, transliterate)
         text = corpus.text
         if vocab is None:
             vocab = Vocab.from_text(text + base_chars(transliterate))
         record = {"sources": list(corpus.sources), "chars": len(text), "sha256": text_digest(text)}
-        return OpenedCorpus(vocab, record, split_point(len(text), val_fraction), text=text)
+        return OpenedCorpus(vocab, record, split_point(len(text), val_fraction), text=text, unknown=unknown)
     if transliterate != "none":
         raise CharnnError(
             f"--transliterate {transliterate} does not apply to the prepared corpus "
@@ -124,7 +143,7 @@ def open_corpus(
 
 
 def _documents(paths, encoding: str, errors: str, transliterate: str, spec: DocSpec,
-               vocab: Vocab | None) -> OpenedCorpus:
+               vocab: Vocab | None, unknown: UnknownPolicy = "error") -> OpenedCorpus:
     """A documents corpus: every document read, a seeded set of whole documents held out."""
     corpus = read_documents(paths, encoding, errors, transliterate, spec)
     if vocab is None:
@@ -139,9 +158,9 @@ def _documents(paths, encoding: str, errors: str, transliterate: str, spec: DocS
         "documents": {"format": spec.format, "count": len(corpus.texts), "empty": corpus.empty,
                       "held_out": len(val), "seed": spec.seed, "held_out_sha256": split_digest(val)},
     }
-    train = DocumentSet.encode(train_texts, vocab, what="the training documents")
-    held = DocumentSet.encode(val_texts, vocab, what="the validation documents")
-    return OpenedCorpus(vocab, record, len(train.ids), train_docs=train, val_docs=held)
+    train = DocumentSet.encode(train_texts, vocab, unknown, what="the training documents")
+    held = DocumentSet.encode(val_texts, vocab, unknown, what="the validation documents")
+    return OpenedCorpus(vocab, record, len(train.ids), train_docs=train, val_docs=held, unknown=unknown)
 
 
 def same_split(then: dict, now: dict) -> bool:
@@ -158,7 +177,7 @@ def _reopen(files, lost: str) -> OpenedCorpus:
     val_fraction = float(train.get("val_fraction", 0.1))
     corpus = open_corpus(train.get("corpus", []), train.get("encoding", "utf-8"), train.get("errors", "strict"),
                          train.get("transliterate", "none"), val_fraction, vocab=files.vocab,
-                         documents=DocSpec.of(train))
+                         documents=DocSpec.of(train), unknown=train.get("unknown", "error"))  # a fine-tuned run's --unknown
     then = files.data.get("sha256")
     if corpus.val_docs is not None:
         if not same_split(files.data, corpus.record):

@@ -7,6 +7,10 @@ built from the training text and saved, versioned, as JSON beside every run.
 Text outside the vocabulary is a user problem at sampling or evaluation time: by default
 it is an error that lists the characters; `unknown="skip"` drops them and
 `unknown="replace"` maps them to `<unk>`.
+
+Fine-tuning (`charnn train --init-from RUN`) asks `fine_tune_vocab` for the new run's
+vocabulary, a parent's kept ("keep") or grown by the new text's characters ("extend"), and
+`positions_in` for where each of the parent's tokens moved.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ FORMAT_VERSION = 1
 
 UnknownPolicy = Literal["error", "skip", "replace"]
 UNKNOWN_POLICIES = ("error", "skip", "replace")
+VOCAB_POLICIES = ("extend", "keep")  # fine-tuning: grow the parent's vocabulary, or keep it as it is
 
 
 def code_points(text: str) -> np.ndarray:
@@ -190,6 +195,35 @@ class Vocab:
         except UnicodeDecodeError as e:
             raise CharnnError(f"{path} is not valid JSON ({reason(e)}); retrain or restore the file") from None
         return cls.from_json(text, str(path))
+
+
+def fine_tune_vocab(parent: Vocab, chars: Iterable[str], policy: str = "extend",
+                    needed_specials: Sequence[str] = ()) -> Vocab:
+    """The vocabulary of a run fine-tuned from a run whose vocabulary is `parent`, on a text
+    whose distinct characters are `chars`; the run needs the special tokens `needed_specials`
+    (a document corpus: <start> and <end>).
+
+    "keep": the parent's vocabulary as it is (the text's other characters are the caller's
+    --unknown policy); a missing special token is an error. "extend": the parent's characters
+    and the text's, in code-point order, then the parent's special tokens and the missing
+    needed ones. Every parent token keeps its name but, being sorted among the new ones, not
+    always its id: `positions_in` says where each one went.
+    """
+    missing = tuple(s for s in needed_specials if s not in parent.specials)
+    if policy == "keep":
+        if missing:
+            what = "document tokens " if set(missing) <= {START, END} else "token(s) "
+            raise CharnnError(f"the parent run's vocabulary has no {what}{', '.join(missing)}, which this run "
+                              f"needs; use --vocab extend to add them")
+        return parent
+    if policy != "extend":
+        raise CharnnError(f"--vocab must be one of {', '.join(VOCAB_POLICIES)}, got {policy!r}")
+    return Vocab(tuple(sorted(set(parent.chars) | set(chars))), parent.specials + missing)
+
+
+def positions_in(old: Vocab, new: Vocab) -> list[int]:
+    """The id in `new` of each token of `old`, in `old`'s id order (characters, then specials)."""
+    return [new.id_of(token) for token in (*old.chars, *old.specials)]
 
 
 def vocab_digest(vocab: Vocab) -> str:

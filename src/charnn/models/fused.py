@@ -15,6 +15,8 @@ TORCH_RNNS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru"
 class TorchCore(nn.Module):
     """A stack of `layers` torch recurrent layers, batch-first, dropout between layers."""
 
+    input_weight = "rnn.weight_ih_l0"  # reads the input vector: (gates * H, D), one column per feature
+
     def __init__(self, kind: str, input_size: int, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         self.kind, self.hidden, self.layers = kind, hidden, layers

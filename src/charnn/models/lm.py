@@ -83,6 +83,17 @@ class CharLM(nn.Module):
     def input_size(self) -> int:
         return self.config.embed if self.embed is not None else self.config.vocab_size
 
+    def token_axes(self) -> dict[str, int]:
+        """The weights with one slice per token, by state_dict name -> that slice's axis: the
+        input's (the embedding's rows, or for one-hot input the columns of the core's weight that
+        reads it) and the head's (its rows and its bias). Fine-tuning moves these (resize.py)."""
+        axes = {}
+        if self.embed is not None:
+            axes["embed.weight"] = 0
+        elif self.core.input_weight is not None:  # None: the one-hot vector is the core's input as it is
+            axes[f"core.{self.core.input_weight}"] = 1
+        return {**axes, "head.weight": 0, "head.bias": 0}
+
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids (B, T) -> input vectors (B, T, D): a learned embedding, or one-hot as in the tutorial."""
         if self.embed is not None:

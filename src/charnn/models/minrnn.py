@@ -214,6 +214,14 @@ class MinRNN(nn.Module):
             )
             self.norm = nn.LayerNorm(hidden)
 
+    @property
+    def input_weight(self) -> str | None:
+        """The weight that reads the input vector, one column per feature; None where the
+        input is the residual stream itself (input size = hidden, no input map)."""
+        if self.block == "plain":
+            return "cells.0.proj.weight"
+        return "inp.weight" if self.inp is not None else None
+
     def _scan_name(self, device: torch.device) -> str:
         if self.scan != "auto":
             return self.scan

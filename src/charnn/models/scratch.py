@@ -123,6 +123,8 @@ class GRUCell(_Cell):
 class ScratchCore(nn.Module):
     """A stack of `layers` from-scratch cells, batch-first, dropout between layers (as nn.RNN)."""
 
+    input_weight = "cells.0.i2h.weight"  # reads the input vector: (gates * H, D), as torch's weight_ih_l0
+
     def __init__(self, cell: type[_Cell], input_size: int, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         self.hidden, self.layers = hidden, layers

@@ -8,6 +8,7 @@
     state.py        ResumeState (the counters, saved and restored as one), RNG and hidden state
     distributed.py  torchrun: Dist, session(), agreeing across ranks
     plot.py         the loss curve
+    finetune.py     --init-from: a run that starts from another run's weights
 
 May import data, models, checkpoint, evaluate, devices, files, settings and progress;
 nothing above it (infer, serve, lab, cli). Kept empty of code so that `charnn sample`

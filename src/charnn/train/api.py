@@ -54,7 +54,8 @@ def train(
     Settings are the fields of ModelConfig and TrainConfig by name, e.g.
     `train(corpus=["input.txt"], model="gru", hidden=256, max_steps=1000, out="runs/x")`.
     `resume=RUN_DIR` continues a run (only stopping, logging and device settings may
-    change). `should_stop(step)` is asked before each step; True saves and stops the run as
+    change); `init_from=RUN_DIR` starts a new run from that run's best weights (fine-tuning:
+    `train(corpus=["mine.txt"], init_from="runs/default", max_time=60)`). `should_stop(step)` is asked before each step; True saves and stops the run as
     a signal would. Under torchrun every process calls this and they train one model
     together (distributed.py); each returns the same summary.
     """

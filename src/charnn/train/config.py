@@ -3,7 +3,8 @@
 Each TrainConfig field carries its default, help, choices and bounds once (charnn.settings):
 the `charnn train` flags, their --help, the keywords of charnn.train() and the validation
 messages all come from it. resolve() layers them: the field defaults <- a preset <- the
-settings given; or, for `--resume`, the run's saved settings <- the few that may change.
+settings given, the model's taken from the parent run when fine-tuning (--init-from,
+finetune.py); or, for `--resume`, the run's saved settings <- the few that may change.
 It refuses a resume that would train a run from step 0 over what it holds
 (check_resumable), and sizes that cannot fit in memory (check_memory), before anything
 is read or built.
@@ -21,6 +22,7 @@ from charnn.data import documents
 from charnn.data.batching import LAYOUTS
 from charnn.data.corpus import ERROR_POLICIES, TRANSLITERATIONS
 from charnn.data.documents import FORMATS as DOC_FORMATS
+from charnn.data.vocab import UNKNOWN_POLICIES, VOCAB_POLICIES
 from charnn.devices import (
     DTYPES,
     check_dtype,
@@ -32,9 +34,22 @@ from charnn.devices import (
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig
 from charnn.settings import field_problems, flag_name, setting, type_problems
+from charnn.train import finetune
 from charnn.train.presets import preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
+# --lr and --warmup when not given: from scratch, and fine-tuning (--init-from). A fine-tuned
+# run has little text and starts from weights worth keeping: a peak 3x lower than from scratch,
+# reached over twice the steps, so that AdamW's first steps (moments estimated from a few
+# batches, each weight moved by about lr whatever its gradient) do not shake the parent's
+# weights up before they adapt. Measured fine-tuning the default run on Python's documentation
+# (benchmarks/finetune.py's text; validation loss, steps of 32 x 96): on 200 KB, after 400
+# steps, lr 1e-3 1.334, 2e-3 1.244, 3e-3 1.205, 6e-3 1.180 (higher adapts faster); on 20 KB
+# every run overfits within ~100 steps, and a lower lr reaches its best later and stays near it
+# longer, which counts when the best weights are kept only at evaluations (2e-3: 2.00 at step
+# 100, 2.18 at 150; 6e-3: 2.07 at 50, 2.45 at 100). 2e-3 is the middle of that trade.
+LR, FINETUNE_LR = 6e-3, 2e-3
+WARMUP, FINETUNE_WARMUP = 50, 100
 
 
 @dataclass
@@ -65,9 +80,12 @@ class TrainConfig:
     batch_size: int = setting(32, "sequences per step; under torchrun the global batch, split over the "
                               "processes", positive=True)
     seq_len: int = setting(96, "characters per sequence (the TBPTT window)", positive=True)
-    lr: float = setting(6e-3, "peak learning rate of AdamW", gt=0)
+    # None = the default for the run: from scratch, or fine-tuning (resolve() sets it).
+    lr: float | None = setting(None, "peak learning rate of AdamW", gt=0,
+                               shown=f"{LR:g}; {FINETUNE_LR:g} with --init-from")
     min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of --lr (cosine decay)", ge=0, le=1)
-    warmup: int = setting(50, "steps of linear learning-rate warmup", ge=0)
+    warmup: int | None = setting(None, "steps of linear learning-rate warmup", ge=0,
+                                 shown=f"{WARMUP}; {FINETUNE_WARMUP} with --init-from")
     weight_decay: float = setting(0.0, "AdamW weight decay on weight matrices", ge=0)
     grad_clip: float = setting(1.0, "maximum gradient norm, 0 = off", ge=0)
     # The sentinels ("0 = no limit") are part of the help, not a `note`: the messages of a bad
@@ -90,9 +108,18 @@ class TrainConfig:
     # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
     preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
                           metavar="NAME", shown="", flag=False)
+    # Fine-tuning (finetune.py): a new run that starts from a trained run's best weights.
+    init_from: str = setting("", "fine-tune: start from this run's best weights, with its architecture, a fresh "
+                             "optimizer and schedule, and fine-tuning's --lr and --warmup; the run is only read",
+                             metavar="RUN", shown="")
+    vocab: str = setting("extend", "with --init-from: extend = add the corpus's new characters to the model "
+                         "(its predictions start unchanged); keep = the run's own vocabulary, other characters "
+                         "per --unknown", choices=VOCAB_POLICIES)
+    unknown: str = setting("error", "with --init-from --vocab keep: characters outside the run's vocabulary are "
+                           "an error, dropped (skip) or read as <unk> (replace)", choices=UNKNOWN_POLICIES)
 
     def problems(self) -> list[str]:
-        problems = field_problems(self) + type_problems(self)
+        problems = field_problems(self) + type_problems(self) + finetune.check_settings(self)
         return problems or documents.problems(self.documents, self.doc_sep, self.doc_field, self.val_docs)
 
     @classmethod
@@ -130,6 +157,10 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         check_memory(model_config, cfg, world, cfg.device, files)
         return model_config, cfg
     if train_kw.get("preset"):
+        if train_kw.get("init_from"):
+            raise CharnnError("--preset and --init-from do not go together: a preset is a recipe for training "
+                              "from scratch, a fine-tuned run takes its model from the --init-from run; drop "
+                              "--preset and give the training flags you want")
         preset_model, preset_train = split_settings(preset_settings(train_kw["preset"]))
         model_kw, train_kw = {**preset_model, **model_kw}, {**preset_train, **train_kw}
     model_config = ModelConfig(**model_kw)
@@ -137,6 +168,12 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
     problems = model_config.problems() + cfg.problems()
     if problems:
         raise CharnnError("; ".join(problems))
+    if cfg.init_from:
+        model_config = finetune.parent_model(cfg.init_from, model_kw)
+    if cfg.lr is None:
+        cfg.lr = FINETUNE_LR if cfg.init_from else LR
+    if cfg.warmup is None:
+        cfg.warmup = FINETUNE_WARMUP if cfg.init_from else WARMUP
     if not (cfg.max_steps or cfg.max_time or cfg.epochs):
         cfg.max_time = DEFAULT_BUDGET_S
     if not cfg.out:

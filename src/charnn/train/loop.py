@@ -14,7 +14,8 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py, the writes to the run directory in writes.py;
+target and the learning rate in schedule.py, the writes to the run directory in writes.py,
+where a fine-tuned run starts (its parent's weights) in finetune.py;
 what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
 evaluate, _log, run and _loop. Imports those modules and config, distributed, and
 checkpoint, evaluate and progress below them.
@@ -37,6 +38,7 @@ from charnn import checkpoint
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
+from charnn.train import finetune
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
 from charnn.train.schedule import (
@@ -130,14 +132,17 @@ class Trainer:
         check_batch_split(cfg.batch_size, world)
 
         run = checkpoint.read_run(self.run_dir) if resume else None
-        corpus = training_corpus(cfg, run)  # text read and encoded in memory, or a prepared token file
+        parent = finetune.parent_of(cfg, run)  # fine-tuning: the run whose weights this one starts from
+        corpus = training_corpus(cfg, run, parent)  # text read and encoded in memory, or a prepared token file
         self.vocab = corpus.vocab
         self.model_config = run.model_config if run else replace(model_config, vocab_size=len(self.vocab))
         self.batches = training_batches(cfg, corpus, self.dist)  # this rank's share of every global batch
         self.val_ids, self.val_docs = corpus.val_ids, corpus.val_docs  # val_docs: a documents corpus's
         if corpus.val_docs is not None:
             self.progress.message(corpus.documents_line)
-        self.model = seeded_model(self.model_config, cfg, self.dist, self.device)
+        self.model = seeded_model(self.model_config, cfg, self.dist, self.device, parent, self.vocab)
+        if parent is not None:
+            self.progress.message(finetune.describe(parent, self.vocab))
         self.ddp: torch.nn.Module = self.model  # the module to train: DDP around it under torchrun
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -148,7 +153,8 @@ class Trainer:
         if resume:
             self._restore()
         elif self.dist.is_main:
-            checkpoint.create_run(self.run_dir, self.model_config, asdict(cfg), self.vocab, corpus.record)
+            checkpoint.create_run(self.run_dir, self.model_config, asdict(cfg), self.vocab, corpus.record,
+                                  parent=parent.record if parent else None)
 
     # --- the resume point ----------------------------------------------------------------
     def _restore(self) -> None:
@@ -270,6 +276,8 @@ class Trainer:
         s.finished = False
         if self.ddp is self.model:
             self.ddp = self.dist.wrap(self.model)  # DDP's constructor is a collective
+        if self.cfg.init_from and not checkpoint.has_checkpoint(self.run_dir):
+            self.save()  # a fine-tuned run's start: resuming it never needs the parent
         try:
             with _signals_to(self._signal):
                 return self._loop()
@@ -283,7 +291,8 @@ class Trainer:
         def seconds() -> float:  # of training in all, earlier sessions of the run included
             return s.elapsed + time.perf_counter() - started
 
-        # A time budget becomes a step target once steps 5 to 20 have been timed.
+        # A time budget becomes a step target once steps 5 to 20 have been timed, so that the cosine
+        # schedule ends on time; rank 0's clock decides for all, so every rank plans the same schedule.
         calibrate_at = s.step + 20 if s.total_steps is None and cfg.max_time else None
         calib_t0, calib_step0 = None, s.step + 5
         window_t, window_chars, chars_per_s = started, 0, 0.0  # throughput since the last metrics line
@@ -298,8 +307,9 @@ class Trainer:
                 if s.step == calib_step0:
                     calib_t0 = now
                 if calibrate_at is not None and s.step >= calibrate_at and calib_t0 is not None:
-                    self._calibrate((now - calib_t0) / (s.step - calib_step0))
-                    calibrate_at = None
+                    step_time = (now - calib_t0) / (s.step - calib_step0)
+                    steps = steps_in_budget(cfg, s.elapsed, step_time, len(self.val_ids))
+                    s.total_steps, calibrate_at = self.dist.broadcast_int(s.step + steps), None
                 self.progress.update(fraction_done(cfg, s, seconds()), "train",
                                      f"step {s.step} loss {loss:.3f} {chars_per_s:,.0f} chars/s")
                 is_eval = bool(cfg.eval_every) and s.step % cfg.eval_every == 0
@@ -339,13 +349,6 @@ class Trainer:
         if not reason and self.should_stop is not None and self.should_stop(self.state.step):
             return "interrupted"
         return reason
-
-    def _calibrate(self, step_time: float) -> None:
-        """Turn a time budget into a step target, so the cosine schedule ends on time."""
-        s = self.state
-        steps = steps_in_budget(self.cfg, s.elapsed, step_time, len(self.val_ids))
-        # Rank 0's clock decides for all, so every rank plans the same schedule.
-        s.total_steps = self.dist.broadcast_int(s.step + steps)
 
     def _signal(self, signum, frame) -> None:
         if self.signal_received is not None:

@@ -17,10 +17,12 @@ from charnn.data.batching import make_batches
 from charnn.data.docbatches import DocumentBatches
 from charnn.data.documents import DocSpec
 from charnn.data.source import OpenedCorpus, open_corpus, same_split
+from charnn.data.vocab import Vocab
 from charnn.devices import DTYPES
 from charnn.errors import CharnnError
 from charnn.evaluate import EvalResult, evaluate_documents, evaluate_ids
 from charnn.models import CharLM, ModelConfig, build_model
+from charnn.train import finetune
 from charnn.train.config import TrainConfig, check_memory
 from charnn.train.distributed import Dist
 
@@ -33,10 +35,15 @@ def check_batch_split(batch_size: int, world: int) -> None:
         )
 
 
-def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None) -> OpenedCorpus:
-    """The run's corpus; a resumed run's must be the one it recorded, read in its vocabulary."""
+def training_corpus(cfg: TrainConfig, run: checkpoint.RunFiles | None,
+                    parent: finetune.Parent | None = None) -> OpenedCorpus:
+    """The run's corpus; a resumed run's must be the one it recorded, read in its vocabulary;
+    a new fine-tuned run's is read in the vocabulary made from its `parent`'s."""
     corpus = open_corpus(cfg.corpus, cfg.encoding, cfg.errors, cfg.transliterate, cfg.val_fraction,
-                         vocab=None if run is None else run.vocab, documents=DocSpec.of(asdict(cfg)))
+                         vocab=None if run is None else run.vocab, documents=DocSpec.of(asdict(cfg)),
+                         unknown=cfg.unknown)
+    if run is None and parent is not None:
+        corpus = finetune.fine_tune_corpus(corpus, parent, cfg)
     if run is not None:
         now, then = corpus.record, run.data
         if not same_split(then, now):
@@ -68,10 +75,15 @@ def validation_loss(model: CharLM, val_ids, val_docs, streams: int) -> EvalResul
     return evaluate_ids(model, val_ids, "stateful", streams=streams)
 
 
-def seeded_model(model_config: ModelConfig, cfg: TrainConfig, dist: Dist, device: torch.device) -> CharLM:
+def seeded_model(model_config: ModelConfig, cfg: TrainConfig, dist: Dist, device: torch.device,
+                 parent: finetune.Parent | None = None, vocab: Vocab | None = None) -> CharLM:
+    """The model a run starts from: seeded weights, or a fine-tuned run's `parent`'s moved to `vocab`."""
     check_memory(model_config, cfg, dist.world_size, str(device))  # again, with the vocabulary known now
     torch.manual_seed(cfg.seed)
-    model = build_model(model_config).to(device)
+    model = build_model(model_config)
+    if parent is not None:
+        finetune.start_from(model, parent, vocab)
+    model = model.to(device)
     if dist.enabled:
         # Same weights on every rank, but each rank's own dropout masks.
         torch.manual_seed(cfg.seed + dist.rank)
