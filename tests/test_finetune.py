@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,3 +342,26 @@ def test_fine_tuning_under_torchrun_matches_one_process(parents, texts, tmp_path
     w1, w2 = checkpoint.load_checkpoint(one).model, checkpoint.load_checkpoint(run).model
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
+
+
+def test_fine_tune_a_text_run_on_documents(parents, texts, tmp_path, capsys):
+    """A text parent fine-tuned on documents: extend adds <start>/<end> (and the new characters)
+    with the old rows intact; keep refuses, naming the missing document tokens."""
+    from charnn.cli import main
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(["romeo", "juliet", "tybalt", "zeb", "mercutio", "nurse"] * 20) + "\n",
+                     encoding="utf-8")
+    parent = parents()
+    out = tmp_path / "docs"
+    charnn.train(corpus=[str(names)], out=str(out), init_from=parent, documents="lines", max_steps=3,
+                 progress=False, **{k: v for k, v in tiny().items() if k not in ("lr", "warmup")})
+    files = checkpoint.read_run(out)
+    assert files.vocab.has("<start>") and files.vocab.has("<end>") and files.vocab.has("z")
+    assert json.loads((out / "config.json").read_text())["parent"]["path"] == str(Path(parent).resolve())
+    assert main(["sample", str(out), "--num-samples", "3", "--seed", "0", "--length", "12"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert main(["train", str(names), "--init-from", parent, "--documents", "lines", "--vocab", "keep",
+                 "--unknown", "skip", "--out", str(tmp_path / "keep"), "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "<start>" in err and "--vocab extend" in err
