@@ -14,10 +14,10 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py, the writes to the run directory in writes.py;
-what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
-evaluate, _log, run and _loop. Imports those modules and config, distributed, and
-checkpoint, evaluate and progress below them.
+target and the learning rate in schedule.py, a time budget's pace in budget.py, the writes
+to the run directory in writes.py; what is left here reads top to bottom: __init__ (set up
+or restore), save, train_step, evaluate, _log, run and _loop. Imports those modules and
+config, distributed, and checkpoint, evaluate and progress below them.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
+from charnn.train.budget import Pace
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
 from charnn.train.schedule import (
@@ -46,7 +47,7 @@ from charnn.train.schedule import (
     fraction_done,
     lr_at,
     planned_total,
-    steps_in_budget,
+    retargeted,
     stop_reason,
 )
 from charnn.train.setup import (
@@ -123,6 +124,8 @@ class Trainer:
         self.dist = dist or Dist()
         self.progress = Progress(enabled=progress and self.dist.is_main)
         self.signal_received: int | None = None
+        self.clock = time.perf_counter  # a test may set its own
+        self.session_start: float | None = None  # the clock when this session's training began
         self.device = torch.device(self.dist.device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -143,6 +146,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
         self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
+        # A time budget with no step limit: the step target follows the clock (budget.py).
+        self.follows_clock = bool(cfg.max_time) and self.state.total_steps is None
+        self.pace = Pace()
         self.hidden = None  # the carried hidden state
         self.writer = RunWriter(self.dist, self.run_dir)
         if resume:
@@ -160,9 +166,10 @@ class Trainer:
         checkpoint.restore_model(self.model, ck, self.run_dir)
         self.optimizer.load_state_dict(ck.optimizer)
         saved = ResumeState.from_dict(ck.trainer)
-        if self.cfg.max_steps or self.cfg.epochs:
-            saved.total_steps = self.state.total_steps  # else the run keeps its original target
+        if self.cfg.max_steps or self.cfg.epochs:  # else the run keeps its plan
+            saved.total_steps, saved.cosine_from = self.state.total_steps, None
         self.state = saved
+        self.pace = Pace.from_dict(saved.budget)
         self.batches.load_state_dict(saved.batches)
         if self.scaler.is_enabled() and saved.scaler:
             self.scaler.load_state_dict(saved.scaler)
@@ -179,7 +186,8 @@ class Trainer:
                 raise _Diverged("non-finite weights")
         tensors = gather_tensors(self.dist, self.device, self.hidden)
         state = replace(
-            self.state, world_size=self.dist.world_size, batches=self.batches.state_dict(),
+            self.state, world_size=self.dist.world_size, elapsed=self.seconds(), budget=self.pace.to_dict(),
+            batches=self.batches.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
         )
         self.writer.resume_point(self.state.step, lambda: checkpoint.save_checkpoint(
@@ -194,7 +202,7 @@ class Trainer:
             keep = (~batch.fresh).to(self.device)
             self.hidden = map_state(lambda t: t * keep.view(1, -1, *[1] * (t.dim() - 2)).to(t.dtype), self.hidden)
         x, y = batch.x.to(self.device), batch.y.to(self.device)
-        lr = lr_at(self.state.step, self.cfg, self.state.total_steps)
+        lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.cosine_from)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
@@ -244,7 +252,7 @@ class Trainer:
             "step": s.step,
             "time": round(seconds, 3),
             "epoch": round(s.step / self.batches.steps_per_epoch, 4),
-            "lr": lr_at(max(0, s.step - 1), self.cfg, s.total_steps),
+            "lr": lr_at(max(0, s.step - 1), self.cfg, s.total_steps, s.cosine_from),
             "train_loss": (s.log_loss_sum / s.log_loss_count) if s.log_loss_count else None,
             "chars_per_s": round(chars_per_s, 1),
         }
@@ -276,48 +284,52 @@ class Trainer:
         finally:
             self.progress.close()
 
+    def seconds(self) -> float:
+        """Seconds of training in all, earlier sessions of the run included."""
+        session = self.clock() - self.session_start if self.session_start is not None else 0.0
+        return self.state.elapsed + session
+
+    def _timed(self, kind: str, work: Callable, *args) -> None:
+        """Do `work` (an evaluation, a resume point) and tell the pace how long it took."""
+        t = self.clock()
+        work(*args)
+        self.pace.spent(kind, self.clock() - t)
+
     def _loop(self) -> Summary:
         cfg, s = self.cfg, self.state
-        started = time.perf_counter()
-
-        def seconds() -> float:  # of training in all, earlier sessions of the run included
-            return s.elapsed + time.perf_counter() - started
-
-        # A time budget becomes a step target once steps 5 to 20 have been timed.
-        calibrate_at = s.step + 20 if s.total_steps is None and cfg.max_time else None
-        calib_t0, calib_step0 = None, s.step + 5
-        window_t, window_chars, chars_per_s = started, 0, 0.0  # throughput since the last metrics line
+        self.session_start = self.clock()
+        window_t, window_chars, chars_per_s = self.session_start, 0, 0.0  # throughput since the last metrics line
         try:
-            while not (reason := self.dist.strongest(self._stop_reason(seconds()), STOP_REASONS)):
+            while not (reason := self.dist.strongest(self._stop_reason(), STOP_REASONS)):
                 loss = self.train_step()
                 s.step += 1
                 s.log_loss_sum += loss
                 s.log_loss_count += 1
                 window_chars += cfg.batch_size * cfg.seq_len
-                now = time.perf_counter()
-                if s.step == calib_step0:
-                    calib_t0 = now
-                if calibrate_at is not None and s.step >= calibrate_at and calib_t0 is not None:
-                    self._calibrate((now - calib_t0) / (s.step - calib_step0))
-                    calibrate_at = None
-                self.progress.update(fraction_done(cfg, s, seconds()), "train",
+                self.progress.update(fraction_done(cfg, s, self.seconds()), "train",
                                      f"step {s.step} loss {loss:.3f} {chars_per_s:,.0f} chars/s")
                 is_eval = bool(cfg.eval_every) and s.step % cfg.eval_every == 0
                 if s.step % cfg.log_every == 0 or is_eval:
+                    now = self.clock()
                     chars_per_s = window_chars / max(now - window_t, 1e-9)
                     window_t, window_chars = now, 0
-                    self._log(seconds(), chars_per_s, evaluate=is_eval)
+                    if is_eval:
+                        self._timed("eval", self._log, self.seconds(), chars_per_s, True)
+                    else:
+                        self._log(self.seconds(), chars_per_s, evaluate=False)
                 if cfg.save_every and s.step % cfg.save_every == 0:
-                    self.save()
+                    self._timed("save", self.save)
+                if cfg.max_time and self.pace.tick(s.step, self.seconds()):
+                    self._replan()
             s.stop_reason, s.finished = reason, reason != "interrupted"
             # An interrupted run logs nothing more: its resumed twin writes the same lines
             # an uninterrupted run would have written.
             if s.step != s.last_eval_step and reason != "interrupted":
-                self._log(seconds(), chars_per_s, evaluate=True)
+                self._log(self.seconds(), chars_per_s, evaluate=True)
             if s.best_val is None and s.step > 0:
                 self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
                     self.run_dir, self.model, self.vocab, {"step": s.step}))
-            s.elapsed += time.perf_counter() - started
+            s.elapsed, self.session_start = self.seconds(), None
             self.save()
         except _Diverged as e:
             raise self.dist.error(
@@ -332,20 +344,25 @@ class Trainer:
                 self.progress.message(note)
         return Summary.of(self.run_dir, s, cfg, self.params, reason)
 
-    def _stop_reason(self, seconds: float) -> str:
+    def _stop_reason(self) -> str:
         if self.signal_received is not None:
             return "interrupted"
-        reason = stop_reason(self.cfg, self.state, seconds)
+        reserve = self.pace.reserve(self.cfg, len(self.val_ids)) if self.cfg.max_time else 0.0
+        reason = stop_reason(self.cfg, self.state, self.seconds(), reserve)
         if not reason and self.should_stop is not None and self.should_stop(self.state.step):
             return "interrupted"
         return reason
 
-    def _calibrate(self, step_time: float) -> None:
-        """Turn a time budget into a step target, so the cosine schedule ends on time."""
+    def _replan(self) -> None:
+        """Measure the pace; aim a time budget's step target again (budget.py), the cosine continuous."""
         s = self.state
-        steps = steps_in_budget(self.cfg, s.elapsed, step_time, len(self.val_ids))
-        # Rank 0's clock decides for all, so every rank plans the same schedule.
-        s.total_steps = self.dist.broadcast_int(s.step + steps)
+        self.pace.measure(s.step, self.seconds())
+        if self.follows_clock:
+            target = self.pace.target(self.cfg, s.step, self.seconds(), len(self.val_ids))
+            target = self.dist.broadcast_int(target)  # rank 0's clock decides for all
+            s.cosine_from = retargeted(s.step, self.cfg, s.total_steps, s.cosine_from)
+            s.total_steps = target
+        self.pace.plan_next(s.step, s.total_steps or s.step)
 
     def _signal(self, signum, frame) -> None:
         if self.signal_received is not None:
