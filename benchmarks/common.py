@@ -29,11 +29,12 @@ def timed(fn, seconds: float = 2.0, min_iters: int = 3) -> tuple[float, int]:
     return (time.perf_counter() - start) / n, n
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0) -> float:
-    """Measured FLOP/s of n x n matmuls on this machine (the MFU denominator)."""
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 2.0, rounds: int = 3) -> float:
+    """Measured FLOP/s of n x n matmuls on this machine (the MFU denominator): the best of
+    `rounds` timings of `seconds` / `rounds` each, so a busy moment does not lower the peak."""
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
-    per_call, _ = timed(lambda: a @ b, seconds)
+    per_call = min(timed(lambda: a @ b, seconds / rounds)[0] for _ in range(rounds))
     return 2 * n**3 / per_call
 
 

@@ -11,6 +11,8 @@ import math
 import pytest
 
 from charnn import checkpoint
+from charnn.evaluate import evaluate_ids
+from charnn.train import loop
 from charnn.train.budget import Pace
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
@@ -24,13 +26,15 @@ EVAL_S, SAVE_S = 2.0, 0.5
 
 class Clocked:
     """A Trainer whose clock moves only when it works: `step_time(budget fraction)` per step,
-    EVAL_S per evaluation, SAVE_S per resume point. Records the learning rate of every step."""
+    EVAL_S per evaluation of the whole validation split (in proportion for a part of it),
+    SAVE_S per resume point. Records the learning rate of every step."""
 
-    def __init__(self, trainer: Trainer, step_time) -> None:
+    def __init__(self, trainer: Trainer, step_time, monkeypatch) -> None:
         self.t = 1000.0  # any origin: the trainer reads differences
         self.trainer, self.lrs = trainer, []
         trainer.clock = lambda: self.t
-        step, evaluate, save = trainer.train_step, trainer.evaluate, trainer.save
+        step, save = trainer.train_step, trainer.save
+        val = len(trainer.val_ids)
 
         def timed_step():
             loss = step()
@@ -38,15 +42,16 @@ class Clocked:
             self.t += step_time(trainer.seconds() / BUDGET)
             return loss
 
-        def timed_eval():
-            self.t += EVAL_S
-            return evaluate()
+        def timed_evaluate_ids(model, ids, *args, **kw):
+            self.t += EVAL_S * (len(ids) - 1) / (val - 1)
+            return evaluate_ids(model, ids, *args, **kw)
 
         def timed_save():
             save()
             self.t += SAVE_S
 
-        trainer.train_step, trainer.evaluate, trainer.save = timed_step, timed_eval, timed_save
+        trainer.train_step, trainer.save = timed_step, timed_save
+        monkeypatch.setattr(loop, "evaluate_ids", timed_evaluate_ids)
 
     def run(self):
         start = self.t
@@ -68,9 +73,9 @@ def changes_at_40_percent(factor: float, base: float = 0.2):
 
 
 @pytest.mark.parametrize("factor", [2.0, 0.5, 1.0], ids=["slower", "faster", "steady"])
-def test_a_budget_ends_on_time_when_the_step_time_changes(corpus_file, tmp_path, factor):
+def test_a_budget_ends_on_time_when_the_step_time_changes(corpus_file, tmp_path, monkeypatch, factor):
     t = trainer(corpus_file, tmp_path / "r")
-    clocked = Clocked(t, changes_at_40_percent(factor))
+    clocked = Clocked(t, changes_at_40_percent(factor), monkeypatch)
     s, used = clocked.run()
     # The whole run, its final evaluation and resume point included, takes its budget within
     # 2 % (the one resume point, at the end, is not known before it is written).
@@ -91,43 +96,57 @@ def test_a_budget_ends_on_time_when_the_step_time_changes(corpus_file, tmp_path,
     assert t.pace.step_times[-1] == pytest.approx(0.2 * factor)
 
 
-def test_without_re_estimating_the_first_target_would_miss(corpus_file, tmp_path):
+def test_the_final_evaluation_is_planned_for_before_any_has_run(corpus_file, tmp_path, monkeypatch):
+    """With no evaluation on the way (--eval-every 0), the one at the end is foreseen from one
+    of its passes, timed when the first target is set."""
+    t = trainer(corpus_file, tmp_path / "r", eval_every=0)
+    s, used = Clocked(t, changes_at_40_percent(2.0), monkeypatch).run()
+    assert t.pace.eval_probe == pytest.approx(EVAL_S) and t.pace.eval_seconds is None
+    assert abs(used - BUDGET) <= 0.02 * BUDGET and s.stop_reason == "steps"
+
+
+def test_without_re_estimating_the_first_target_would_miss(corpus_file, tmp_path, monkeypatch):
     """The old way (one target from steps 5..20) on the same clock ends far from the budget."""
     t = trainer(corpus_file, tmp_path / "r")
     t.pace.plan_next = lambda step, total: setattr(t.pace, "next_check", 10**9)  # never again
-    s, used = Clocked(t, changes_at_40_percent(0.5)).run()
+    s, used = Clocked(t, changes_at_40_percent(0.5), monkeypatch).run()
     assert used < 0.9 * BUDGET and s.stop_reason == "steps"
 
 
-def test_a_slowdown_the_target_cannot_follow_is_stopped_by_the_clock(corpus_file, tmp_path):
-    """In the last interval the steps become 20 times slower: the clock stops the run,
-    leaving room for the final evaluation, and the budget still holds."""
+def test_a_slowdown_the_target_cannot_follow_is_stopped_by_the_clock(corpus_file, tmp_path, monkeypatch):
+    """At 90 % of the budget the steps become 20 times slower, too late for the estimates to
+    follow: the clock stops the run, leaving room for the final evaluation, and the budget is
+    overrun by at most the one slow step under way (and the final resume point)."""
     t = trainer(corpus_file, tmp_path / "r")
-    s, used = Clocked(t, lambda f: 0.2 if f < 0.97 else 4.0).run()
-    assert s.stop_reason == "time" and used <= BUDGET + 4.0
+    s, used = Clocked(t, lambda f: 0.2 if f < 0.9 else 4.0, monkeypatch).run()
+    assert s.stop_reason == "time" and s.step < t.state.total_steps
+    assert used <= BUDGET + 4.0 + SAVE_S
 
 
-def test_a_resumed_budget_continues_the_same_plan(corpus_file, tmp_path):
+def test_a_resumed_budget_continues_the_same_plan(corpus_file, tmp_path, monkeypatch):
     """Interrupted between two estimates and resumed, a run makes the same plan and the same
     model as the run that went straight through (the pace is in the resume point)."""
     step_time = changes_at_40_percent(2.0)
-    straight = Clocked(trainer(corpus_file, tmp_path / "a"), step_time)
+    t = trainer(corpus_file, tmp_path / "a")
+    checks, replan = [], t._replan
+    t._replan = lambda: (checks.append(t.state.step), replan())
+    straight = Clocked(t, step_time, monkeypatch)
     s, _ = straight.run()
-    k = 150  # after the change of speed, inside an interval
-    first = Clocked(trainer(corpus_file, tmp_path / "b", should_stop=lambda step: step == k), step_time)
+    k = checks[len(checks) // 2] + 3  # after the change of speed, inside an interval
+    first = Clocked(trainer(corpus_file, tmp_path / "b", should_stop=lambda step: step == k), step_time, monkeypatch)
     assert first.run()[0].stop_reason == "interrupted"
     saved = checkpoint.load_checkpoint(tmp_path / "b").trainer
-    assert saved["budget"]["since"][0] < k < saved["total_steps"]
-    resumed = Clocked(trainer(corpus_file, tmp_path / "b", resume=True), step_time)
+    assert saved["budget"]["since"][0] == k - 3 and k < saved["total_steps"]
+    resumed = Clocked(trainer(corpus_file, tmp_path / "b", resume=True), step_time, monkeypatch)
     r, _ = resumed.run()
     assert r.step == s.step and r.stop_reason == "steps"
     assert first.lrs + resumed.lrs == straight.lrs
     assert_identical(tmp_path / "a", tmp_path / "b")
 
 
-def test_periodic_resume_points_are_paid_for(corpus_file, tmp_path):
+def test_periodic_resume_points_are_paid_for(corpus_file, tmp_path, monkeypatch):
     t = trainer(corpus_file, tmp_path / "r", save_every=25)
-    s, used = Clocked(t, changes_at_40_percent(1.0)).run()
+    s, used = Clocked(t, changes_at_40_percent(1.0), monkeypatch).run()
     assert t.pace.save_seconds == SAVE_S
     assert abs(used - BUDGET) <= 0.02 * BUDGET and s.stop_reason == "steps"
 
@@ -160,10 +179,10 @@ def test_the_pace_is_median_of_recent_intervals_and_survives_a_pause():
     assert len(pace.step_times) == 3 and Pace.from_dict(pace.to_dict()) == pace
 
 
-def test_an_old_resume_point_without_a_plan_resumes(corpus_file, tmp_path):
+def test_an_old_resume_point_without_a_plan_resumes(corpus_file, tmp_path, monkeypatch):
     """A resume point saved before the plan was kept: its target is aimed again as it goes."""
     run = tmp_path / "r"
-    first = Clocked(trainer(corpus_file, run, should_stop=lambda step: step == 100), changes_at_40_percent(1.0))
+    first = Clocked(trainer(corpus_file, run, should_stop=lambda step: step == 100), changes_at_40_percent(1.0), monkeypatch)
     first.run()
     ck = checkpoint.load_checkpoint(run)
     old = {k: v for k, v in ck.trainer.items() if k not in ("cosine_from", "budget")}
@@ -175,5 +194,5 @@ def test_an_old_resume_point_without_a_plan_resumes(corpus_file, tmp_path):
     resumed = trainer(corpus_file, run, resume=True)
     resumed.state = ResumeState.from_dict(old)
     resumed.pace = Pace()
-    s, used = Clocked(resumed, changes_at_40_percent(1.0)).run()
+    s, used = Clocked(resumed, changes_at_40_percent(1.0), monkeypatch).run()
     assert s.stop_reason == "steps" and torch.isfinite(torch.tensor(resumed.state.elapsed))

@@ -171,10 +171,13 @@ def int8_module(step: FusedStep) -> nn.Module:
     row, run by torch's dynamically quantised linear (fbgemm on x86): the activation is
     quantised on the fly, the products summed in int32 and scaled back to float32. The
     input table, the gates and the state stay float32. A step reads ~4x fewer bytes."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
+    try:  # torch.ao.quantization announces its move to torchao: a torch without it says so
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError:
+        raise CharnnError(f"torch {torch.__version__} has no dynamic int8 linear; "
+                          f"use --backend onnx --quantize int8") from None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
         return quantize_dynamic(step, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 

@@ -10,7 +10,9 @@ measures as the run goes, on the run's training clock (seconds summed over resum
   spent evaluating and saving in them; the estimate is the median of the last RECENT
   intervals, so one interval hit by a pause does not move it, and two at a new speed do;
 - the seconds of the last evaluation (with its metrics line and best weights) and of the
-  last resume point written.
+  last resume point written. Until an evaluation has run, one of its forward passes is
+  timed when the first target is set (`probe`): the final evaluation can be a tenth of a
+  short budget, and its speed against a training step's varies with the machine and dtype.
 
 At the end of each interval the trainer asks for a new target (`target`): the steps that fit
 in what is left of the budget once the evaluations and resume points on the way are paid
@@ -42,9 +44,9 @@ CHECKS = 40  # new targets per run: every 1/40 of the planned steps, so the last
 MIN_INTERVAL = 10  # steps between two estimates at least
 RECENT = 3  # intervals whose median step time is the estimate
 MARGIN = 0.01  # of the seconds left, kept back for the noise of the estimate
-# Until one is measured, an evaluation is taken to cost this fraction of the training steps
-# holding as many characters (a forward pass only, over fewer rows; measured 0.35-0.75).
-EVAL_COST = 0.5
+# Until one is measured or probed, an evaluation is taken to cost this fraction of the
+# training steps holding as many characters (a forward pass only, over fewer rows: 0.35-0.85).
+EVAL_COST = 0.6
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Pace:
 
     step_times: list[float] = field(default_factory=list)  # seconds per step of the last intervals, newest last
     eval_seconds: float | None = None  # the last evaluation
+    eval_probe: float | None = None  # an evaluation's seconds from one of its passes, before any ran
     save_seconds: float | None = None  # the last resume point
     next_check: int = FIRST  # the step after which the next estimate is due
     # The interval in progress: [its first step, the training clock then, seconds of
@@ -78,10 +81,11 @@ class Pace:
         return step >= max(self.next_check, self.since[0] + SKIP)
 
     def spent(self, kind: str, seconds: float) -> None:
-        """An evaluation ("eval") or a resume point ("save") took `seconds`."""
+        """An evaluation ("eval") or a resume point ("save") took `seconds`; or the probe of
+        an evaluation ("probe") took them (not counted as steps)."""
         if kind == "eval":
             self.eval_seconds = seconds
-        else:
+        elif kind == "save":
             self.save_seconds = seconds
         if self.since is not None:
             self.since[2] += seconds
@@ -101,9 +105,11 @@ class Pace:
         return statistics.median(self.step_times) if self.step_times else None
 
     def eval_time(self, cfg: TrainConfig, val_chars: int) -> float:
-        """Seconds of one evaluation: the last one, or a guess from the step time before any."""
+        """Seconds of one evaluation: the last one, its probe, or a guess from the step time."""
         if self.eval_seconds is not None:
             return self.eval_seconds
+        if self.eval_probe is not None:
+            return self.eval_probe
         step_time = self.step_time()
         if not step_time or val_chars < 2:
             return 0.0

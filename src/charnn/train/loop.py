@@ -35,7 +35,7 @@ import torch
 
 from charnn import checkpoint
 from charnn.data.batching import make_batches
-from charnn.evaluate import evaluate_ids
+from charnn.evaluate import CHUNK, evaluate_ids, stateful_passes
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
@@ -357,12 +357,25 @@ class Trainer:
         """Measure the pace; aim a time budget's step target again (budget.py), the cosine continuous."""
         s = self.state
         self.pace.measure(s.step, self.seconds())
+        if self.pace.eval_seconds is None and self.pace.eval_probe is None and len(self.val_ids) >= 2:
+            self._timed("probe", self._probe_evaluation)
         if self.follows_clock:
             target = self.pace.target(self.cfg, s.step, self.seconds(), len(self.val_ids))
             target = self.dist.broadcast_int(target)  # rank 0's clock decides for all
             s.cosine_from = retargeted(s.step, self.cfg, s.total_steps, s.cosine_from)
             s.total_steps = target
         self.pace.plan_next(s.step, s.total_steps or s.step)
+
+    def _probe_evaluation(self) -> None:
+        """Time one of the evaluation's forward passes (rank 0 evaluates; all agree on it)."""
+        rows, passes = stateful_passes(len(self.val_ids), self.cfg.eval_streams)
+        seconds = None
+        if self.dist.is_main:
+            t = self.clock()
+            # rows x CHUNK characters, no warm-up: exactly one pass of the evaluation's shape
+            evaluate_ids(self.model, self.val_ids[: rows * CHUNK + 1], "stateful", streams=rows, warmup=0)
+            seconds = (self.clock() - t) * passes
+        self.pace.eval_probe = self.dist.broadcast_float(seconds)
 
     def _signal(self, signum, frame) -> None:
         if self.signal_received is not None:
