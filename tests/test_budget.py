@@ -12,7 +12,7 @@ import pytest
 
 from charnn import checkpoint
 from charnn.evaluate import evaluate_ids
-from charnn.train import loop
+from charnn.train import budget, loop
 from charnn.train.budget import Pace
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
@@ -32,14 +32,14 @@ class Clocked:
     def __init__(self, trainer: Trainer, step_time, monkeypatch) -> None:
         self.t = 1000.0  # any origin: the trainer reads differences
         self.trainer, self.lrs = trainer, []
-        trainer.clock = lambda: self.t
+        trainer.budget.now = lambda: self.t
         step, save = trainer.train_step, trainer.save
         val = len(trainer.val_ids)
 
         def timed_step():
             loss = step()
             self.lrs.append(trainer.optimizer.param_groups[0]["lr"])
-            self.t += step_time(trainer.seconds() / BUDGET)
+            self.t += step_time(trainer.budget.seconds(trainer.state) / BUDGET)
             return loss
 
         def timed_evaluate_ids(model, ids, *args, **kw):
@@ -51,6 +51,7 @@ class Clocked:
             self.t += SAVE_S
 
         trainer.train_step, trainer.save = timed_step, timed_save
+        monkeypatch.setattr(budget, "evaluate_ids", timed_evaluate_ids)
         monkeypatch.setattr(loop, "evaluate_ids", timed_evaluate_ids)
 
     def run(self):
@@ -93,7 +94,7 @@ def test_a_budget_ends_on_time_when_the_step_time_changes(corpus_file, tmp_path,
     steepest = (cfg.lr - floor) * math.pi / 2 / (len(clocked.lrs) - cfg.warmup)
     assert max(drops) < 4 * steepest
     # The target moved as the run went, the later ones by less.
-    assert t.pace.step_times[-1] == pytest.approx(0.2 * factor)
+    assert t.budget.pace.step_times[-1] == pytest.approx(0.2 * factor)
 
 
 def test_the_final_evaluation_is_planned_for_before_any_has_run(corpus_file, tmp_path, monkeypatch):
@@ -101,14 +102,14 @@ def test_the_final_evaluation_is_planned_for_before_any_has_run(corpus_file, tmp
     of its passes, timed when the first target is set."""
     t = trainer(corpus_file, tmp_path / "r", eval_every=0)
     s, used = Clocked(t, changes_at_40_percent(2.0), monkeypatch).run()
-    assert t.pace.eval_probe == pytest.approx(EVAL_S) and t.pace.eval_seconds is None
+    assert t.budget.pace.eval_probe == pytest.approx(EVAL_S) and t.budget.pace.eval_seconds is None
     assert abs(used - BUDGET) <= 0.02 * BUDGET and s.stop_reason == "steps"
 
 
 def test_without_re_estimating_the_first_target_would_miss(corpus_file, tmp_path, monkeypatch):
     """The old way (one target from steps 5..20) on the same clock ends far from the budget."""
     t = trainer(corpus_file, tmp_path / "r")
-    t.pace.plan_next = lambda step, total: setattr(t.pace, "next_check", 10**9)  # never again
+    t.budget.pace.plan_next = lambda step, total: setattr(t.budget.pace, "next_check", 10**9)  # never again
     s, used = Clocked(t, changes_at_40_percent(0.5), monkeypatch).run()
     assert used < 0.9 * BUDGET and s.stop_reason == "steps"
 
@@ -128,8 +129,8 @@ def test_a_resumed_budget_continues_the_same_plan(corpus_file, tmp_path, monkeyp
     model as the run that went straight through (the pace is in the resume point)."""
     step_time = changes_at_40_percent(2.0)
     t = trainer(corpus_file, tmp_path / "a")
-    checks, replan = [], t._replan
-    t._replan = lambda: (checks.append(t.state.step), replan())
+    checks, measure = [], t.budget.pace.measure
+    t.budget.pace.measure = lambda step, seconds: (checks.append(step), measure(step, seconds))
     straight = Clocked(t, step_time, monkeypatch)
     s, _ = straight.run()
     k = checks[len(checks) // 2] + 3  # after the change of speed, inside an interval
@@ -147,7 +148,7 @@ def test_a_resumed_budget_continues_the_same_plan(corpus_file, tmp_path, monkeyp
 def test_periodic_resume_points_are_paid_for(corpus_file, tmp_path, monkeypatch):
     t = trainer(corpus_file, tmp_path / "r", save_every=25)
     s, used = Clocked(t, changes_at_40_percent(1.0), monkeypatch).run()
-    assert t.pace.save_seconds == SAVE_S
+    assert t.budget.pace.save_seconds == SAVE_S
     assert abs(used - BUDGET) <= 0.02 * BUDGET and s.stop_reason == "steps"
 
 
@@ -193,6 +194,6 @@ def test_an_old_resume_point_without_a_plan_resumes(corpus_file, tmp_path, monke
     assert ResumeState.from_dict(old).budget == {}
     resumed = trainer(corpus_file, run, resume=True)
     resumed.state = ResumeState.from_dict(old)
-    resumed.pace = Pace()
+    resumed.budget.pace = Pace()
     s, used = Clocked(resumed, changes_at_40_percent(1.0), monkeypatch).run()
     assert s.stop_reason == "steps" and torch.isfinite(torch.tensor(resumed.state.elapsed))

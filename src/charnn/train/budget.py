@@ -23,20 +23,32 @@ target moves (schedule.lr_at continues the cosine from where it stood).
 
 Its state is saved in the resume point (ResumeState.budget), the interval in progress
 included, so a resumed run continues the same plan. Under torchrun every rank measures its
-own, rank 0's target is broadcast (loop.py), and the steps at which a new target is due
-follow from the agreed target alone, so all ranks agree on them. Imports nothing of charnn
-but the type of the settings.
+own, rank 0's target and probe are broadcast, and the steps at which a new target is due
+follow from the agreed target alone, so all ranks agree on them.
+
+`RunClock` is what the trainer (loop.py) holds: the training clock (replaceable, so tests
+drive a run on an injected one), the pace, and the work done after each step. Imports
+evaluate, schedule and distributed.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from charnn.evaluate import CHUNK, evaluate_ids, stateful_passes
+from charnn.train.distributed import Dist
+from charnn.train.schedule import retargeted
+
 if TYPE_CHECKING:
+    import torch
+
     from charnn.train.config import TrainConfig
+    from charnn.train.state import ResumeState
 
 SKIP = 5  # the first steps of a run are not timed: they warm caches and the allocator up
 FIRST = 20  # the first target once steps SKIP..FIRST are timed
@@ -143,6 +155,59 @@ class Pace:
         while cost(n + 1) <= left:
             n += 1
         return step + n
+
+
+class RunClock:
+    """The trainer's time: seconds of training summed over resumes, on `now` (a test may set
+    its own), and under --max-time the pace measured on them and the step target aimed from it."""
+
+    def __init__(self, cfg: TrainConfig, dist: Dist, val_ids, follows_clock: bool) -> None:
+        self.cfg, self.dist, self.val_ids = cfg, dist, val_ids
+        self.follows_clock = follows_clock  # a time budget and no step limit: the target is ours
+        self.now: Callable[[], float] = time.perf_counter
+        self.started: float | None = None  # `now` when this session's training began
+        self.pace = Pace()
+
+    def seconds(self, s: ResumeState) -> float:
+        """Seconds of training in all, earlier sessions of the run included."""
+        return s.elapsed + (self.now() - self.started if self.started is not None else 0.0)
+
+    def timed(self, kind: str, work: Callable, *args) -> None:
+        """Do `work` (an evaluation, a resume point) and tell the pace how long it took."""
+        t = self.now()
+        work(*args)
+        self.pace.spent(kind, self.now() - t)
+
+    def reserve(self) -> float:
+        """Seconds of the budget kept for the final evaluation and resume point."""
+        return self.pace.reserve(self.cfg, len(self.val_ids)) if self.cfg.max_time else 0.0
+
+    def after_step(self, s: ResumeState, model: torch.nn.Module) -> None:
+        """After each step: when an estimate is due, measure the pace and aim the target again,
+        the cosine continuous (schedule.retargeted). A collective when it is due."""
+        pace = self.pace
+        if not (self.cfg.max_time and pace.tick(s.step, self.seconds(s))):
+            return
+        pace.measure(s.step, self.seconds(s))
+        if pace.eval_seconds is None and pace.eval_probe is None and len(self.val_ids) >= 2:
+            self.timed("probe", self._probe, model)
+        if self.follows_clock:
+            target = pace.target(self.cfg, s.step, self.seconds(s), len(self.val_ids))
+            target = self.dist.broadcast_int(target)  # rank 0's clock decides for all
+            s.cosine_from = retargeted(s.step, self.cfg, s.total_steps, s.cosine_from)
+            s.total_steps = target
+        pace.plan_next(s.step, s.total_steps or s.step)
+
+    def _probe(self, model: torch.nn.Module) -> None:
+        """Time one of the evaluation's forward passes (rank 0 evaluates; all agree on it)."""
+        rows, passes = stateful_passes(len(self.val_ids), self.cfg.eval_streams)
+        seconds = None
+        if self.dist.is_main:
+            t = self.now()
+            # rows x CHUNK characters, no warm-up: exactly one pass of the evaluation's shape
+            evaluate_ids(model, self.val_ids[: rows * CHUNK + 1], "stateful", streams=rows, warmup=0)
+            seconds = (self.now() - t) * passes
+        self.pace.eval_probe = self.dist.broadcast_float(seconds)
 
 
 def _multiples(every: int, a: int, b: int) -> int:

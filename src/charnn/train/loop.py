@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -35,11 +34,11 @@ import torch
 
 from charnn import checkpoint
 from charnn.data.batching import make_batches
-from charnn.evaluate import CHUNK, evaluate_ids, stateful_passes
+from charnn.evaluate import evaluate_ids
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
-from charnn.train.budget import Pace
+from charnn.train.budget import Pace, RunClock
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
 from charnn.train.schedule import (
@@ -47,7 +46,6 @@ from charnn.train.schedule import (
     fraction_done,
     lr_at,
     planned_total,
-    retargeted,
     stop_reason,
 )
 from charnn.train.setup import (
@@ -124,8 +122,6 @@ class Trainer:
         self.dist = dist or Dist()
         self.progress = Progress(enabled=progress and self.dist.is_main)
         self.signal_received: int | None = None
-        self.clock = time.perf_counter  # a test may set its own
-        self.session_start: float | None = None  # the clock when this session's training began
         self.device = torch.device(self.dist.device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -146,9 +142,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
         self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
-        # A time budget with no step limit: the step target follows the clock (budget.py).
-        self.follows_clock = bool(cfg.max_time) and self.state.total_steps is None
-        self.pace = Pace()
+        self.budget = RunClock(cfg, self.dist, self.val_ids, bool(cfg.max_time) and self.state.total_steps is None)
         self.hidden = None  # the carried hidden state
         self.writer = RunWriter(self.dist, self.run_dir)
         if resume:
@@ -169,7 +163,7 @@ class Trainer:
         if self.cfg.max_steps or self.cfg.epochs:  # else the run keeps its plan
             saved.total_steps, saved.cosine_from = self.state.total_steps, None
         self.state = saved
-        self.pace = Pace.from_dict(saved.budget)
+        self.budget.pace = Pace.from_dict(saved.budget)
         self.batches.load_state_dict(saved.batches)
         if self.scaler.is_enabled() and saved.scaler:
             self.scaler.load_state_dict(saved.scaler)
@@ -186,7 +180,8 @@ class Trainer:
                 raise _Diverged("non-finite weights")
         tensors = gather_tensors(self.dist, self.device, self.hidden)
         state = replace(
-            self.state, world_size=self.dist.world_size, elapsed=self.seconds(), budget=self.pace.to_dict(),
+            self.state, world_size=self.dist.world_size, elapsed=self.budget.seconds(self.state),
+            budget=self.budget.pace.to_dict(),
             batches=self.batches.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
         )
@@ -284,21 +279,10 @@ class Trainer:
         finally:
             self.progress.close()
 
-    def seconds(self) -> float:
-        """Seconds of training in all, earlier sessions of the run included."""
-        session = self.clock() - self.session_start if self.session_start is not None else 0.0
-        return self.state.elapsed + session
-
-    def _timed(self, kind: str, work: Callable, *args) -> None:
-        """Do `work` (an evaluation, a resume point) and tell the pace how long it took."""
-        t = self.clock()
-        work(*args)
-        self.pace.spent(kind, self.clock() - t)
-
     def _loop(self) -> Summary:
-        cfg, s = self.cfg, self.state
-        self.session_start = self.clock()
-        window_t, window_chars, chars_per_s = self.session_start, 0, 0.0  # throughput since the last metrics line
+        cfg, s, budget = self.cfg, self.state, self.budget
+        budget.started = budget.now()
+        window_t, window_chars, chars_per_s = budget.started, 0, 0.0  # throughput since the last metrics line
         try:
             while not (reason := self.dist.strongest(self._stop_reason(), STOP_REASONS)):
                 loss = self.train_step()
@@ -306,30 +290,29 @@ class Trainer:
                 s.log_loss_sum += loss
                 s.log_loss_count += 1
                 window_chars += cfg.batch_size * cfg.seq_len
-                self.progress.update(fraction_done(cfg, s, self.seconds()), "train",
+                self.progress.update(fraction_done(cfg, s, budget.seconds(s)), "train",
                                      f"step {s.step} loss {loss:.3f} {chars_per_s:,.0f} chars/s")
                 is_eval = bool(cfg.eval_every) and s.step % cfg.eval_every == 0
                 if s.step % cfg.log_every == 0 or is_eval:
-                    now = self.clock()
+                    now = budget.now()
                     chars_per_s = window_chars / max(now - window_t, 1e-9)
                     window_t, window_chars = now, 0
                     if is_eval:
-                        self._timed("eval", self._log, self.seconds(), chars_per_s, True)
+                        budget.timed("eval", self._log, budget.seconds(s), chars_per_s, True)
                     else:
-                        self._log(self.seconds(), chars_per_s, evaluate=False)
+                        self._log(budget.seconds(s), chars_per_s, evaluate=False)
                 if cfg.save_every and s.step % cfg.save_every == 0:
-                    self._timed("save", self.save)
-                if cfg.max_time and self.pace.tick(s.step, self.seconds()):
-                    self._replan()
+                    budget.timed("save", self.save)
+                budget.after_step(s, self.model)  # under --max-time: the step target aimed again
             s.stop_reason, s.finished = reason, reason != "interrupted"
             # An interrupted run logs nothing more: its resumed twin writes the same lines
             # an uninterrupted run would have written.
             if s.step != s.last_eval_step and reason != "interrupted":
-                self._log(self.seconds(), chars_per_s, evaluate=True)
+                self._log(budget.seconds(s), chars_per_s, evaluate=True)
             if s.best_val is None and s.step > 0:
                 self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
                     self.run_dir, self.model, self.vocab, {"step": s.step}))
-            s.elapsed, self.session_start = self.seconds(), None
+            s.elapsed, budget.started = budget.seconds(s), None
             self.save()
         except _Diverged as e:
             raise self.dist.error(
@@ -347,35 +330,10 @@ class Trainer:
     def _stop_reason(self) -> str:
         if self.signal_received is not None:
             return "interrupted"
-        reserve = self.pace.reserve(self.cfg, len(self.val_ids)) if self.cfg.max_time else 0.0
-        reason = stop_reason(self.cfg, self.state, self.seconds(), reserve)
+        reason = stop_reason(self.cfg, self.state, self.budget.seconds(self.state), self.budget.reserve())
         if not reason and self.should_stop is not None and self.should_stop(self.state.step):
             return "interrupted"
         return reason
-
-    def _replan(self) -> None:
-        """Measure the pace; aim a time budget's step target again (budget.py), the cosine continuous."""
-        s = self.state
-        self.pace.measure(s.step, self.seconds())
-        if self.pace.eval_seconds is None and self.pace.eval_probe is None and len(self.val_ids) >= 2:
-            self._timed("probe", self._probe_evaluation)
-        if self.follows_clock:
-            target = self.pace.target(self.cfg, s.step, self.seconds(), len(self.val_ids))
-            target = self.dist.broadcast_int(target)  # rank 0's clock decides for all
-            s.cosine_from = retargeted(s.step, self.cfg, s.total_steps, s.cosine_from)
-            s.total_steps = target
-        self.pace.plan_next(s.step, s.total_steps or s.step)
-
-    def _probe_evaluation(self) -> None:
-        """Time one of the evaluation's forward passes (rank 0 evaluates; all agree on it)."""
-        rows, passes = stateful_passes(len(self.val_ids), self.cfg.eval_streams)
-        seconds = None
-        if self.dist.is_main:
-            t = self.clock()
-            # rows x CHUNK characters, no warm-up: exactly one pass of the evaluation's shape
-            evaluate_ids(self.model, self.val_ids[: rows * CHUNK + 1], "stateful", streams=rows, warmup=0)
-            seconds = (self.clock() - t) * passes
-        self.pace.eval_probe = self.dist.broadcast_float(seconds)
 
     def _signal(self, signum, frame) -> None:
         if self.signal_received is not None:
