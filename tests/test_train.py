@@ -251,7 +251,7 @@ def test_the_resume_point_holds_exactly_the_resume_state(tiny_run):
     assert list(saved) == [f.name for f in fields(ResumeState)] == [
         "world_size", "scaler", "step", "total_steps", "elapsed", "best_val", "best_step", "bad_evals",
         "last_eval_step", "log_loss_sum", "log_loss_count", "last_train_loss", "finished", "stop_reason",
-        "batches", "has_state",
-    ]  # runs saved by earlier versions resume: this list is their format
+        "batches", "has_state", "cosine_from", "budget",
+    ]  # runs saved by earlier versions resume: this list is their format (new fields go last, with defaults)
     assert ResumeState.from_dict(saved).to_dict() == saved
     assert ResumeState.from_dict({"step": 3}).world_size == 1  # a key it lacks takes its default

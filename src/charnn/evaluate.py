@@ -31,6 +31,8 @@ from charnn.models.lm import char_loss
 
 PROTOCOLS = ("stateful", "windows")
 WINDOW = 256
+CHUNK = 1024  # characters per row of one forward pass (stateful)
+WARMUP = 1024  # unscored characters before each segment but the first (stateful, streams > 1)
 
 
 @dataclass
@@ -66,11 +68,20 @@ def _take(ids, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(ids[idx], dtype=np.int64))
 
 
+def stateful_passes(n_ids: int, streams: int, warmup: int = WARMUP, chunk: int = CHUNK) -> tuple[int, int]:
+    """(rows, passes): a stateful evaluation of `n_ids` ids makes `passes` forward passes of
+    (rows, chunk) characters, to within one (a time budget plans for them: train/budget.py)."""
+    n = n_ids - 1  # characters scored: every one after the first
+    # Segments must be long enough that the warm-up is a small overhead.
+    rows = max(1, min(streams, n // (4 * warmup))) if warmup > 0 else max(1, streams)
+    width = -(-n // rows) + (warmup if rows > 1 else 0)  # the longest row, its warm-up included
+    return rows, -(-width // chunk)
+
+
 @torch.inference_mode()
 def _stateful(model, ids, chunk: int, streams: int, warmup: int, device) -> float:
     n = len(ids) - 1  # characters scored: every one after the first
-    # Segments must be long enough that the warm-up is a small overhead.
-    streams = max(1, min(streams, n // (4 * warmup))) if warmup > 0 else max(1, streams)
+    streams, _ = stateful_passes(len(ids), streams, warmup, chunk)
     bounds = np.linspace(0, n, streams + 1).astype(np.int64)
     # Row 0 reads ids[0 : b0] from the zero state; row s >= 1 reads its segment preceded by
     # `warmup` unscored characters. Rows are right-padded with id 0 to one length (padding
@@ -121,8 +132,8 @@ def evaluate_ids(
     protocol: str = "stateful",
     *,
     streams: int = 1,
-    warmup: int = 1024,
-    chunk: int = 1024,
+    warmup: int = WARMUP,
+    chunk: int = CHUNK,
     batch_size: int = 64,
     window: int = WINDOW,
 ) -> EvalResult:

@@ -70,12 +70,17 @@ def sample_next(
     B, V = logits.shape
     device = logits.device
     noise = torch.empty(B, V, device=device).exponential_(generator=generator)  # (B, V)
+    t = torch.full((B,), _float32(temperature), device=device)
+    if (top_k == 0 or top_k >= V) and _float32(top_p) >= 1.0 and logits.dtype == torch.float32:
+        # Nothing cut: sample_rows's own arithmetic, without the ~15 ops of the cuts it would
+        # skip (a one-stream step is ~30 ops; this is a third of them). The same ids, the
+        # same noise; a row float32 cannot carry goes to sample_rows as it would have.
+        scores = torch.softmax(logits / t[:, None], dim=-1) / noise  # (B, V)
+        if not math.isnan(float(scores.sum())):
+            return scores.argmax(dim=-1)
     return sample_rows(
-        logits,
-        torch.full((B,), _float32(temperature), device=device),
-        torch.full((B,), min(int(top_k), V), dtype=torch.long, device=device),
-        torch.full((B,), _float32(top_p), device=device),
-        noise,
+        logits, t, torch.full((B,), min(int(top_k), V), dtype=torch.long, device=device),
+        torch.full((B,), _float32(top_p), device=device), noise,
     )
 
 

@@ -13,9 +13,11 @@ same weights with the fewest possible ops:
 Backends (`make_stepper`): "torch" runs that step in PyTorch (float32, exact to rounding);
 "onnx" runs the same step graph under ONNX Runtime, whose per-op overhead is lower, and with
 `quantize="int8"` its dynamically quantised int8 version (weights int8, activations
-quantised on the fly), which reads 4x fewer bytes per character: the fastest single-stream
-path on a CPU, at a quality cost measured in BENCHMARKS.md. Priming on a prompt always runs
-the model's own fused forward pass, which is fastest for many characters at once.
+quantised on the fly), which reads 4x fewer bytes per character, at a quality cost measured
+in BENCHMARKS.md. "torch" with `quantize="int8"` is the same idea in torch itself
+(`int8_module`: its dynamically quantised Linear, fbgemm on x86), without ONNX and with
+less overhead per step; opt-in, like every int8 path. Priming on a prompt always runs the
+model's own fused forward pass, which is fastest for many characters at once.
 
 The ONNX side (export, sessions, the cached export's check) is onnx.py; where the cache lives
 is the caller's to say (the run directory's layout belongs to checkpoint.py). May import
@@ -24,6 +26,7 @@ errors, models and infer.onnx.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -163,6 +166,21 @@ def step_module(lm: CharLM) -> nn.Module:
     return module.eval()
 
 
+def int8_module(step: FusedStep) -> nn.Module:
+    """A copy of `step` whose Linear layers hold int8 weights, one float32 scale per output
+    row, run by torch's dynamically quantised linear (fbgemm on x86): the activation is
+    quantised on the fly, the products summed in int32 and scaled back to float32. The
+    input table, the gates and the state stay float32. A step reads ~4x fewer bytes."""
+    try:  # torch.ao.quantization announces its move to torchao: a torch without it says so
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError:
+        raise CharnnError(f"torch {torch.__version__} has no dynamic int8 linear; "
+                          f"use --backend onnx --quantize int8") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(step, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
 class Stepper:
     """What sampling and serving drive: prime on a prompt, then step one character at a time.
 
@@ -179,7 +197,8 @@ class Stepper:
             self._session = session if session is not None else onnx_session(export_step_onnx(lm, quantize))
             self._inputs = [i.name for i in self._session.get_inputs()]
         else:
-            self._module = step_module(lm).to(self.device)
+            module = step_module(lm).to(self.device)
+            self._module = int8_module(module) if quantize == "int8" else module
 
     def __call__(self, ids: torch.Tensor, state=None):
         return self.lm(ids, state)
@@ -198,7 +217,7 @@ class Stepper:
                 feed[name] = t.detach().float().cpu().contiguous().numpy()
             outs = [torch.from_numpy(o) for o in self._session.run(None, feed)]
         else:
-            outs = self._module(ids, *flat)
+            outs = self._module.forward(ids, *flat)  # no hooks to run: skip nn.Module's call
         return outs[0], _unflatten(self._template, list(outs[1:]))
 
 
@@ -222,17 +241,18 @@ def make_stepper(
     """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
 
     auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
-    step with less overhead per call), else the torch fast path. quantize="int8" needs ONNX
-    Runtime. An export made here for the weights `digest` is written to `cache` for the next
-    load. `backend` and `quantize` are among BACKENDS and QUANTIZE (the caller's settings
-    checked them).
+    step with less overhead per call) or int8 is asked for, else the torch fast path; "torch"
+    with quantize="int8" is torch's own int8 step (CPU, LSTM/GRU/RNN). An export made here for
+    the weights `digest` is written to `cache` for the next load. `backend` and `quantize` are
+    among BACKENDS and QUANTIZE (the caller's settings checked them).
     """
     on_cpu = next(lm.parameters()).device.type == "cpu"
     if backend == "auto":
         exported = cache is not None and cache.is_file() and onnx_available()
         backend = "onnx" if on_cpu and (quantize == "int8" or exported) else "torch"
-    if quantize == "int8" and backend != "onnx":
-        raise CharnnError("--quantize int8 runs on the onnx backend (CPU); drop --backend torch")
+    if quantize == "int8" and backend == "torch" and not (on_cpu and isinstance(lm.core, TorchCore)):
+        raise CharnnError("--backend torch --quantize int8 runs an LSTM, GRU or RNN on the CPU; "
+                          "use --backend onnx, or --device cpu")
     if backend == "onnx" and not on_cpu:
         raise CharnnError("the onnx backend runs on the CPU; use --device cpu or --backend torch")
     session = None

@@ -14,10 +14,10 @@ averages the gradients, the ranks agree on when to stop, and rank 0 alone writes
 directory, its resume point holding every rank's hidden-state rows and RNG state.
 
 Set-up lives in setup.py, the counters and the resume tensors in state.py, the step
-target and the learning rate in schedule.py, the writes to the run directory in writes.py,
-where a fine-tuned run starts (its parent's weights) in finetune.py;
-what is left here reads top to bottom: __init__ (set up or restore), save, train_step,
-evaluate, _log, run and _loop. Imports those modules and config, distributed, and
+target and the learning rate in schedule.py, a time budget's pace in budget.py, the writes
+to the run directory in writes.py, where a fine-tuned run starts (its parent's weights) in
+finetune.py; what is left here reads top to bottom: __init__ (set up or restore), save,
+train_step, evaluate, _log, run and _loop. Imports those modules and config, distributed, and
 checkpoint, evaluate and progress below them.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,7 @@ from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
 from charnn.train import finetune
+from charnn.train.budget import Pace, RunClock
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
 from charnn.train.schedule import (
@@ -46,7 +46,6 @@ from charnn.train.schedule import (
     fraction_done,
     lr_at,
     planned_total,
-    steps_in_budget,
     stop_reason,
 )
 from charnn.train.setup import (
@@ -148,6 +147,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
         self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
+        self.budget = RunClock(cfg, self.dist, self.val_ids, bool(cfg.max_time) and self.state.total_steps is None)
         self.hidden = None  # the carried hidden state
         self.writer = RunWriter(self.dist, self.run_dir)
         if resume:
@@ -166,9 +166,10 @@ class Trainer:
         checkpoint.restore_model(self.model, ck, self.run_dir)
         self.optimizer.load_state_dict(ck.optimizer)
         saved = ResumeState.from_dict(ck.trainer)
-        if self.cfg.max_steps or self.cfg.epochs:
-            saved.total_steps = self.state.total_steps  # else the run keeps its original target
+        if self.cfg.max_steps or self.cfg.epochs:  # else the run keeps its plan
+            saved.total_steps, saved.cosine_from = self.state.total_steps, None
         self.state = saved
+        self.budget.pace = Pace.from_dict(saved.budget)
         self.batches.load_state_dict(saved.batches)
         if self.scaler.is_enabled() and saved.scaler:
             self.scaler.load_state_dict(saved.scaler)
@@ -185,7 +186,9 @@ class Trainer:
                 raise _Diverged("non-finite weights")
         tensors = gather_tensors(self.dist, self.device, self.hidden)
         state = replace(
-            self.state, world_size=self.dist.world_size, batches=self.batches.state_dict(),
+            self.state, world_size=self.dist.world_size, elapsed=self.budget.seconds(self.state),
+            budget=self.budget.pace.to_dict(),
+            batches=self.batches.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, has_state=self.hidden is not None,
         )
         self.writer.resume_point(self.state.step, lambda: checkpoint.save_checkpoint(
@@ -200,7 +203,7 @@ class Trainer:
             keep = (~batch.fresh).to(self.device)
             self.hidden = map_state(lambda t: t * keep.view(1, -1, *[1] * (t.dim() - 2)).to(t.dtype), self.hidden)
         x, y = batch.x.to(self.device), batch.y.to(self.device)
-        lr = lr_at(self.state.step, self.cfg, self.state.total_steps)
+        lr = lr_at(self.state.step, self.cfg, self.state.total_steps, self.state.cosine_from)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self.autocast:
@@ -250,7 +253,7 @@ class Trainer:
             "step": s.step,
             "time": round(seconds, 3),
             "epoch": round(s.step / self.batches.steps_per_epoch, 4),
-            "lr": lr_at(max(0, s.step - 1), self.cfg, s.total_steps),
+            "lr": lr_at(max(0, s.step - 1), self.cfg, s.total_steps, s.cosine_from),
             "train_loss": (s.log_loss_sum / s.log_loss_count) if s.log_loss_count else None,
             "chars_per_s": round(chars_per_s, 1),
         }
@@ -285,49 +288,39 @@ class Trainer:
             self.progress.close()
 
     def _loop(self) -> Summary:
-        cfg, s = self.cfg, self.state
-        started = time.perf_counter()
-
-        def seconds() -> float:  # of training in all, earlier sessions of the run included
-            return s.elapsed + time.perf_counter() - started
-
-        # A time budget becomes a step target once steps 5 to 20 have been timed, so that the cosine
-        # schedule ends on time; rank 0's clock decides for all, so every rank plans the same schedule.
-        calibrate_at = s.step + 20 if s.total_steps is None and cfg.max_time else None
-        calib_t0, calib_step0 = None, s.step + 5
-        window_t, window_chars, chars_per_s = started, 0, 0.0  # throughput since the last metrics line
+        cfg, s, budget = self.cfg, self.state, self.budget
+        budget.started = budget.now()
+        window_t, window_chars, chars_per_s = budget.started, 0, 0.0  # throughput since the last metrics line
         try:
-            while not (reason := self.dist.strongest(self._stop_reason(seconds()), STOP_REASONS)):
+            while not (reason := self.dist.strongest(self._stop_reason(), STOP_REASONS)):
                 loss = self.train_step()
                 s.step += 1
                 s.log_loss_sum += loss
                 s.log_loss_count += 1
                 window_chars += self.batches.chars_per_step
-                now = time.perf_counter()
-                if s.step == calib_step0:
-                    calib_t0 = now
-                if calibrate_at is not None and s.step >= calibrate_at and calib_t0 is not None:
-                    step_time = (now - calib_t0) / (s.step - calib_step0)
-                    steps = steps_in_budget(cfg, s.elapsed, step_time, len(self.val_ids))
-                    s.total_steps, calibrate_at = self.dist.broadcast_int(s.step + steps), None
-                self.progress.update(fraction_done(cfg, s, seconds()), "train",
+                self.progress.update(fraction_done(cfg, s, budget.seconds(s)), "train",
                                      f"step {s.step} loss {loss:.3f} {chars_per_s:,.0f} chars/s")
                 is_eval = bool(cfg.eval_every) and s.step % cfg.eval_every == 0
                 if s.step % cfg.log_every == 0 or is_eval:
+                    now = budget.now()
                     chars_per_s = window_chars / max(now - window_t, 1e-9)
                     window_t, window_chars = now, 0
-                    self._log(seconds(), chars_per_s, evaluate=is_eval)
+                    if is_eval:
+                        budget.timed("eval", self._log, budget.seconds(s), chars_per_s, True)
+                    else:
+                        self._log(budget.seconds(s), chars_per_s, evaluate=False)
                 if cfg.save_every and s.step % cfg.save_every == 0:
-                    self.save()
+                    budget.timed("save", self.save)
+                budget.after_step(s, self.model)  # under --max-time: the step target aimed again
             s.stop_reason, s.finished = reason, reason != "interrupted"
             # An interrupted run logs nothing more: its resumed twin writes the same lines
             # an uninterrupted run would have written.
             if s.step != s.last_eval_step and reason != "interrupted":
-                self._log(seconds(), chars_per_s, evaluate=True)
+                self._log(budget.seconds(s), chars_per_s, evaluate=True)
             if s.best_val is None and s.step > 0:
                 self.writer.write(checkpoint.BEST, s.step, lambda: checkpoint.save_weights(
                     self.run_dir, self.model, self.vocab, {"step": s.step}))
-            s.elapsed += time.perf_counter() - started
+            s.elapsed, budget.started = budget.seconds(s), None
             self.save()
         except _Diverged as e:
             raise self.dist.error(
@@ -342,10 +335,10 @@ class Trainer:
                 self.progress.message(note)
         return Summary.of(self.run_dir, s, self.params, reason, self.batches.chars_per_step)
 
-    def _stop_reason(self, seconds: float) -> str:
+    def _stop_reason(self) -> str:
         if self.signal_received is not None:
             return "interrupted"
-        reason = stop_reason(self.cfg, self.state, seconds)
+        reason = stop_reason(self.cfg, self.state, self.budget.seconds(self.state), self.budget.reserve())
         if not reason and self.should_stop is not None and self.should_stop(self.state.step):
             return "interrupted"
         return reason

@@ -3,12 +3,12 @@
 last.safetensors (checkpoint.py) holds the weights, the optimizer, and what this module
 makes of a run in progress:
 
-- `ResumeState`, the counters, saved as the checkpoint's JSON metadata ("trainer") and
-  restored from it: one dataclass, so what is saved and what is restored cannot drift
-  apart. Four of its fields describe the parts saved beside it (world_size: how many
-  processes wrote it; scaler: the float16 loss scaler; batches: the batch iterator's
-  position; has_state: whether a hidden state was carried); the trainer fills them as it
-  saves and hands them to those parts as it restores.
+- `ResumeState`, the counters and a time budget's plan, saved as the checkpoint's JSON
+  metadata ("trainer") and restored from it: one dataclass, so what is saved and what is
+  restored cannot drift apart. Four of its fields describe the parts saved beside it
+  (world_size: how many processes wrote it; scaler: the float16 loss scaler; batches: the
+  batch iterator's position; has_state: whether a hidden state was carried); the trainer
+  fills them as it saves and hands them to those parts as it restores.
 - the tensors `rng.torch[.r]`, `rng.cuda[.r]` (every rank's random state; rank 0 keeps
   the single-process names) and `state.i` (the carried hidden state, the rows of every
   rank's stream columns side by side).
@@ -47,6 +47,10 @@ class ResumeState:
     stop_reason: str = ""
     batches: dict = field(default_factory=dict)  # the batch iterator's position
     has_state: bool = False  # a hidden state was carried (tensors state.0, state.1, ...)
+    # A time budget's plan (budget.py, schedule.py): where the cosine stood when the step
+    # target last moved ([step, progress]; None = it never moved), and the measured pace.
+    cosine_from: list | None = None
+    budget: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
