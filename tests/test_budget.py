@@ -12,7 +12,7 @@ import pytest
 
 from charnn import checkpoint
 from charnn.evaluate import evaluate_ids
-from charnn.train import budget, loop
+from charnn.train import budget, setup
 from charnn.train.budget import Pace
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
@@ -52,7 +52,7 @@ class Clocked:
 
         trainer.train_step, trainer.save = timed_step, timed_save
         monkeypatch.setattr(budget, "evaluate_ids", timed_evaluate_ids)
-        monkeypatch.setattr(loop, "evaluate_ids", timed_evaluate_ids)
+        monkeypatch.setattr(setup, "evaluate_ids", timed_evaluate_ids)  # the periodic and final evaluations
 
     def run(self):
         start = self.t
