@@ -38,9 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import append_section, machine, table
+from common import append_section, has_amx, machine, table
 
 SIZES = (20_000, 200_000)
 
@@ -137,7 +135,7 @@ def main() -> None:
               f"catch-up {caught if caught is not None else 'never'} s", flush=True)
 
     m, t = parent_cfg["model"], parent_cfg["train"]
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    amx = has_amx()
     bold = lambda v, other: f"**{v:.4f}**" if v <= other else f"{v:.4f}"  # noqa: E731  (the better one)
     rows = [[f"{r['size']:,}", bold(r["finetune_best"], r["scratch_best"]), bold(r["scratch_best"], r["finetune_best"]),
              f"{r['scratch_long_best']:.4f} ({args.cap:g} x)",

@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, append_section, table
+from common import ROOT, append_section, cpu_model, has_amx, table
 
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's charnn, here and in the processes it starts
 from charnn import checkpoint  # noqa: E402
@@ -72,18 +72,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def cpu_line(threads: int | None) -> str:
     """CPU model, whether it has AMX (bfloat16 matrix tiles), cores and the threads both sides use."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    amx = "AMX" if {"amx_tile", "amx_bf16"} <= flags else "no AMX"
+    amx = "AMX" if has_amx() else "no AMX"
     shown = f"{threads} threads (OMP_NUM_THREADS)" if threads else "torch's default threads"
-    return f"{model}, {amx}, {os.cpu_count()} cores, {shown}"
+    return f"{cpu_model()}, {amx}, {os.cpu_count()} cores, {shown}"
 
 
 def environment(threads: int | None) -> dict:

@@ -122,6 +122,11 @@ class DocumentNovelty:
                 f"{self.new} ({100 * f['new']:.1f} %) new")
 
 
+def where_found(doc: str, train: set[str], held_out: set[str]) -> str:
+    """Where one generated document is found verbatim: "train", else "held_out", else "new"."""
+    return "train" if doc in train else "held_out" if doc in held_out else "new"
+
+
 def document_novelty(
     generated: Iterable[str], train_docs: Iterable[str], held_out_docs: Iterable[str]
 ) -> DocumentNovelty:
@@ -131,5 +136,5 @@ def document_novelty(
     train, held_out = set(train_docs), set(held_out_docs)
     counts = {"train": 0, "held_out": 0, "new": 0}
     for doc in generated:
-        counts["train" if doc in train else "held_out" if doc in held_out else "new"] += 1
+        counts[where_found(doc, train, held_out)] += 1
     return DocumentNovelty(sum(counts.values()), counts["train"], counts["held_out"], counts["new"])

@@ -9,7 +9,6 @@ errors, settings, data.vocab, checkpoint, evaluate and the rest of infer.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,14 +17,20 @@ import torch
 
 from charnn import checkpoint
 from charnn.data.documents import DocSpec
-from charnn.data.novelty import HEADLINE, Novelty
+from charnn.data.novelty import HEADLINE, Novelty, where_found
 from charnn.data.source import run_documents
 from charnn.data.vocab import END, START, UNK, UnknownPolicy
 from charnn.errors import CharnnError, check_all
 from charnn.evaluate import EvalResult, evaluate_ids
 from charnn.infer.evalrun import EvalConfig, score_text
 from charnn.infer.novelty import RunNovelty, open_novelty
-from charnn.infer.sampling import SampleConfig, StopFilter, generate, generate_documents
+from charnn.infer.sampling import (
+    SampleConfig,
+    StopFilter,
+    generate,
+    generate_documents,
+    seed_or_random,
+)
 from charnn.infer.score import ScoreConfig, Totals, score_chunks
 from charnn.infer.scorepage import rows
 from charnn.infer.steps import BACKENDS, QUANTIZE, make_stepper
@@ -161,7 +166,7 @@ class CharModel:
         The settings are those of `stream` (SampleConfig's)."""
         config = SampleConfig(*args, **settings)
         check_all(config.problems())
-        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        seed = seed_or_random(config.seed)
         return sorted(self.iter_documents(n, prime, self.prime_ids(prime, config.unknown), config, seed),
                       key=lambda d: d.index)
 
@@ -231,8 +236,7 @@ class Samples:
     def document_novelty(self, doc: Document) -> str:
         """Where a generated document is found verbatim: "train", "held_out" or "new" (makemore's
         in train / in test / new); the whole document, prime included, is compared."""
-        train, held_out = self.document_sets
-        return "train" if doc.text in train else "held_out" if doc.text in held_out else "new"
+        return where_found(doc.text, *self.document_sets)
 
     def __iter__(self) -> Iterator[Iterator[str]]:
         for i in range(self.config.num_samples):
@@ -261,7 +265,7 @@ def sample_run(run_dir: str | Path, config: SampleCommand) -> Samples:
     check_all(config.problems())
     model = CharModel(checkpoint.load_run(run_dir, config.device), config.backend, config.quantize)
     prime = model.prime_ids(config.prime, config.unknown)
-    seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+    seed = seed_or_random(config.seed)
     if config.novelty and model.documents is not None:  # a changed corpus: said before any text
         train, held_out = run_documents(checkpoint.read_run(model.run_dir))
         return Samples(model, prime, config, seed, document_sets=(set(train), set(held_out)))

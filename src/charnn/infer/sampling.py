@@ -13,6 +13,7 @@ data.vocab and models.lm.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class SampleConfig:
         # In the order charnn has always reported them: the distribution, then the length.
         return (field_problems(self, ["temperature", "top_k", "top_p"]) + field_problems(self, ["length"])
                 + field_problems(self, ["unknown"]))
+
+
+def seed_or_random(seed: int | None) -> int:
+    """`seed`, or without one a fresh random seed (31 bits), which the caller reports."""
+    return seed if seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
 
 
 def sample_next(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -50,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from charnn.errors import CharnnError, check_all
 from charnn.infer.model import CharModel
+from charnn.infer.sampling import seed_or_random
 from charnn.serve.config import ServeConfig
 from charnn.serve.engine import Engine
 from charnn.serve.guard import Guard
@@ -194,7 +194,7 @@ def create_app(models: dict[str, CharModel], config: ServeConfig | None = None) 
     async def completions(req: CompletionRequest, request: Request):
         s = lookup(req.model)
         prompts, ids, sampling, n = _check(req, s, config)
-        seed = req.seed if req.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+        seed = seed_or_random(req.seed)
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
         try:
