@@ -92,6 +92,7 @@ class CharModel:
         backend: str = SampleCommand.backend,
         quantize: str = SampleCommand.quantize,
     ) -> None:
+        self.files = loaded.files  # the run directory as read once (novelty reads its corpus record)
         self.run_dir = loaded.files.path
         self.model = loaded.model
         # An ONNX export made for these weights is cached in the run directory.
@@ -156,7 +157,7 @@ class CharModel:
         """How much of `text` is copied from the run's training text (charnn.novelty); the
         training text is indexed on the first call (and cached in the run directory)."""
         if self._novelty is None:
-            self._novelty = open_novelty(self.run_dir)
+            self._novelty = open_novelty(self.files)
         return self._novelty.measure(text)
 
     def sample_documents(self, n: int = 1, prime: str = "", *args, **settings) -> list[Document]:
@@ -267,7 +268,7 @@ def sample_run(run_dir: str | Path, config: SampleCommand) -> Samples:
     prime = model.prime_ids(config.prime, config.unknown)
     seed = seed_or_random(config.seed)
     if config.novelty and model.documents is not None:  # a changed corpus: said before any text
-        train, held_out = run_documents(checkpoint.read_run(model.run_dir))
+        train, held_out = run_documents(model.files)
         return Samples(model, prime, config, seed, document_sets=(set(train), set(held_out)))
-    novelty = open_novelty(model.run_dir) if config.novelty else None
+    novelty = open_novelty(model.files) if config.novelty else None
     return Samples(model, prime, config, seed, novelty)
