@@ -273,3 +273,19 @@ def test_a_distributed_run_resumes_in_one_process(straight, tmp_path, capsys):
         one.next()
     t = checkpoint.load_checkpoint(run).trainer
     assert t["world_size"] == 1 and t["batches"] == one.state_dict()  # one process's position
+
+
+def test_preset_auto_under_torchrun_probes_once_and_every_rank_takes_its_choice(straight, tmp_path):
+    """Rank 0 times the ladder (here the tiny shapes given, at each rung's learning rate) and
+    broadcasts its choice: one line says it, both ranks train that model, config.json holds it."""
+    run = tmp_path / "auto"
+    cmd = flags(straight["corpus"], run, steps=0)
+    cmd[cmd.index("--max-steps"):cmd.index("--max-steps") + 2] = ["--max-time", "6", "--preset", "auto"]
+    cmd.remove("--quiet")
+    p = torchrun("-m", "charnn", "train", *cmd)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stderr.count("preset auto: ") == 1, p.stderr
+    config = json.loads((run / "config.json").read_text())
+    rec = config["train"]["auto"]
+    assert rec["settings"]["lr"] == config["train"]["lr"] and config["model"]["hidden"] == 16
+    assert checkpoint.load_checkpoint(run).trainer["world_size"] == 2

@@ -60,6 +60,9 @@ def setting(
     if isinstance(default, list):  # each instance gets its own copy
         values = list(default)
         return field(default_factory=lambda: list(values), metadata={_KEY: meta})
+    if isinstance(default, dict):
+        entries = dict(default)
+        return field(default_factory=lambda: dict(entries), metadata={_KEY: meta})
     return field(default=default, metadata={_KEY: meta})
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from charnn.progress import format_duration
+from charnn.train import auto
 from charnn.train.config import TrainConfig, resolve
 from charnn.train.distributed import session
 from charnn.train.loop import Summary, Trainer
@@ -35,6 +36,8 @@ def run_training(
     this and they train one model together."""
     with session() as dist:
         model_config, cfg = dist.agree(lambda: resolve(settings, resume, dist.world_size))
+        if cfg.preset == "auto" and resume is None:  # the model for this machine, timed here
+            model_config, cfg = auto.settle(model_config, cfg, settings, dist, progress)
         trainer = dist.agree(
             lambda: Trainer(model_config, cfg, resume=resume is not None, should_stop=should_stop,
                             progress=progress, dist=dist)

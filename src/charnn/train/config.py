@@ -35,7 +35,7 @@ from charnn.errors import CharnnError
 from charnn.models import ModelConfig
 from charnn.settings import field_problems, flag_name, setting, type_problems
 from charnn.train import finetune
-from charnn.train.presets import preset_settings
+from charnn.train.presets import auto_wanted, check_auto, preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
 # --lr and --warmup when not given: from scratch, and fine-tuning (--init-from). A fine-tuned
@@ -108,6 +108,9 @@ class TrainConfig:
     # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
     preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
                           metavar="NAME", shown="", flag=False)
+    # What --preset auto chose and why (auto.py): set by the run, recorded in config.json.
+    auto: dict = setting({}, "the automatic choice of --preset auto, made when the run starts", shown="",
+                         flag=False)
     # Fine-tuning (finetune.py): a new run that starts from a trained run's best weights.
     init_from: str = setting("", "fine-tune: start from this run's best weights, with its architecture, a fresh "
                              "optimizer and schedule, and fine-tuning's --lr and --warmup; the run is only read",
@@ -156,6 +159,8 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         files, model_config, cfg = _resolve_resume(model_kw, train_kw, resume)
         check_memory(model_config, cfg, world, cfg.device, files)
         return model_config, cfg
+    if auto_wanted({**model_kw, **train_kw}):
+        train_kw = {**train_kw, "preset": "auto"}
     if train_kw.get("preset"):
         if train_kw.get("init_from"):
             raise CharnnError("--preset and --init-from do not go together: a preset is a recipe for training "
@@ -176,6 +181,8 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         cfg.warmup = FINETUNE_WARMUP if cfg.init_from else WARMUP
     if not (cfg.max_steps or cfg.max_time or cfg.epochs):
         cfg.max_time = DEFAULT_BUDGET_S
+    if cfg.preset == "auto":
+        check_auto(cfg)
     if not cfg.out:
         cfg.out = _default_out(cfg.corpus)
     cfg.corpus = [str(Path(c).resolve()) if Path(c).exists() else c for c in cfg.corpus]

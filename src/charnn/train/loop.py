@@ -146,7 +146,9 @@ class Trainer:
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.autocast, self.scaler = mixed_precision(cfg.dtype, self.device)
-        self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch))
+        # --preset auto's probe was part of the budget (auto.py): the clock starts with it.
+        self.state = ResumeState(total_steps=planned_total(cfg, self.batches.steps_per_epoch),
+                                 elapsed=float(cfg.auto.get("probe_seconds") or 0.0))
         self.budget = RunClock(cfg, self.dist, self.val_ids, bool(cfg.max_time) and self.state.total_steps is None)
         self.hidden = None  # the carried hidden state
         self.writer = RunWriter(self.dist, self.run_dir)

@@ -6,9 +6,20 @@ win. Each entry is a description and settings named like ModelConfig / TrainConf
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from charnn.errors import CharnnError
+from charnn.models import ModelConfig
 
 PRESETS: dict[str, tuple[str, dict]] = {
+    # Not a fixed bundle: the run times a ladder of LSTMs on this machine and takes the one a
+    # law fitted to measured runs predicts best for the budget (auto.py). What `charnn train`
+    # and a bare --max-time use when no model or batch flag is given.
+    "auto": (
+        "the model for this machine and this budget: a few seconds timing LSTMs 1x256 to 3x1024 here, "
+        "then the one predicted best for --max-time (the default of `charnn train`)",
+        {},
+    ),
     # Tuned for validation loss per CPU-minute on tiny Shakespeare (2 cores; BENCHMARKS.md has
     # the runs). The defaults of `charnn train` are cpu-2min's settings with a 150 s budget.
     "cpu-2min": (
@@ -74,3 +85,28 @@ def format_presets() -> str:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
         lines.append(f"{name:<{width}}  {description}\n{'':<{width}}  {flags}")
     return "\n".join(lines)
+
+
+# The settings --preset auto chooses; one given by the user wins over its choice.
+CHOSEN = ("model", "layers", "hidden", "embed", "batch_size", "seq_len", "lr", "dropout", "weight_decay")
+
+
+def auto_wanted(given: dict) -> bool:
+    """Whether a new run with these settings (given, before any preset) takes --preset auto
+    without asking: a time budget (given or the default) and no model or batch flag."""
+    if given.get("documents", "none") != "none":
+        return False
+    if any(given.get(k) for k in ("preset", "init_from", "max_steps", "epochs")):
+        return False
+    model_names = {f.name for f in fields(ModelConfig)}
+    return not (set(given) & (model_names | set(CHOSEN) | {"batching", "reset_prob"}))
+
+
+def check_auto(cfg) -> None:
+    """--preset auto chooses for a time budget on running text."""
+    if cfg.max_steps or cfg.epochs or not cfg.max_time:
+        raise CharnnError("--preset auto chooses a model for a time budget: give --max-time (or no stopping "
+                          "flag), or drop --preset auto and give the model flags with --max-steps/--epochs")
+    if cfg.documents != "none":
+        raise CharnnError("--preset auto is tuned on running text, not --documents; give the model flags "
+                          "(or --preset names for short documents)")

@@ -1,0 +1,117 @@
+"""Fit --preset auto's law to the grid (benchmarks/auto_grid.py's JSON lines), and judge the choice.
+
+    python benchmarks/auto_fit.py /work/bench/grid/grid.jsonl            # fit: prints the Law(...) to use
+    python benchmarks/auto_fit.py grid.jsonl --markdown BENCHMARKS.md    # the grid, the choices, vs best
+
+Fit: loss = e + a / P^alpha + b / C^beta (P parameters, C characters seen, both in millions)
+on the windows loss of every rung run with at least auto.MIN_STEPS steps (fewer do not finish
+their warmup and cosine: the choice never takes such a rung), least squares in torch from
+several starts. Then, per machine and budget: the grid's best point, the fixed default
+(2 x 384), the `--preset auto` run (rows with "auto": true) and their distances in nats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from charnn.train.auto import MIN_STEPS, Law
+
+DEFAULT = "2x384"  # the fixed model of `charnn train` before --preset auto
+
+
+def _fit_from(start: list[float], P, C, L) -> tuple[float, torch.Tensor]:
+    """Least squares from one start; e free, the other four positive (fitted as logarithms)."""
+    raw = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+
+    def mse() -> torch.Tensor:
+        e, a, alpha, b, beta = raw[0], raw[1].exp(), raw[2].exp(), raw[3].exp(), raw[4].exp()
+        return ((e + a * P ** -alpha + b * C ** -beta - L) ** 2).mean()
+
+    opt = torch.optim.LBFGS([raw], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        v = mse()
+        v.backward()
+        return v
+
+    for _ in range(5):
+        opt.step(closure)
+    return float(mse().detach()), raw.detach()
+
+
+def fit(rows: list[dict]) -> tuple[Law, float]:
+    P = torch.tensor([r["params"] / 1e6 for r in rows], dtype=torch.float64)
+    C = torch.tensor([r["chars"] / 1e6 for r in rows], dtype=torch.float64)
+    L = torch.tensor([r["windows"] for r in rows], dtype=torch.float64)
+    starts = [[e0, math.log(0.2), math.log(alpha0), math.log(0.5), math.log(beta0)]
+              for e0 in (0.8, 1.0, 1.2) for alpha0 in (0.3, 0.6) for beta0 in (0.3, 0.6)]
+    fits = [f for f in (_fit_from(s, P, C, L) for s in starts) if math.isfinite(f[0])]
+    v, raw = min(fits, key=lambda f: f[0])
+    law = Law(e=float(raw[0]), a=float(raw[1].exp()), alpha=float(raw[2].exp()), b=float(raw[3].exp()),
+              beta=float(raw[4].exp()))
+    return law, math.sqrt(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("jsonl")
+    ap.add_argument("--markdown", help="append the tables to this file")
+    args = ap.parse_args()
+    rows = [json.loads(x) for x in Path(args.jsonl).read_text().splitlines() if x.strip()]
+    latest = {(r["machine"], r["size"] if not r["auto"] else "auto", r["budget"]): r for r in rows}
+    rows = list(latest.values())  # a rerun replaces the earlier row
+    grid = [r for r in rows if not r["auto"]]
+    used = [r for r in grid if r["steps"] >= MIN_STEPS]
+    law, rms = fit(used)
+    print(f"fitted on {len(used)} of {len(grid)} grid runs (rms {rms:.4f} nats):")
+    print(f"LAW = Law(e={law.e:.4f}, a={law.a:.4f}, alpha={law.alpha:.4f}, b={law.b:.4f}, beta={law.beta:.4f})")
+    cells = defaultdict(list)
+    for r in rows:
+        cells[(r["machine"], r["budget"])].append(r)
+    out = ["| machine | budget | grid (windows loss per rung) | grid best | fixed 2x384 | auto: chose | auto | auto - best | auto - fixed |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for (machine, budget), rs in sorted(cells.items()):
+        g = [r for r in rs if not r["auto"]]
+        a = [r for r in rs if r["auto"]]
+        if not g:
+            continue
+        best = min(g, key=lambda r: r["windows"])
+        fixed = next((r for r in g if r["size"] == DEFAULT), None)
+        shown = ", ".join(f"{r['size']} {r['windows']:.3f}" for r in sorted(g, key=lambda r: r["params"]))
+        cell = [machine, f"{budget / 60:g} min", shown, f"{best['size']} **{best['windows']:.4f}**",
+                f"{fixed['windows']:.4f}" if fixed else "n/a"]
+        if a:
+            x = a[-1]
+            cell += [f"{x['size']} (drop {x['dropout']})", f"**{x['windows']:.4f}**", f"{x['windows'] - best['windows']:+.4f}",
+                     f"{x['windows'] - fixed['windows']:+.4f}" if fixed else "n/a"]
+        else:
+            cell += ["not run", "", "", ""]
+        out.append("| " + " | ".join(cell) + " |")
+    text = "\n".join(out)
+    print("\nthe law's pick from each cell's measured characters (in-sample), and its regret:")
+    for (machine, budget), rs in sorted(cells.items()):
+        g = [r for r in rs if not r["auto"]]
+        ok = [r for r in g if r["steps"] >= MIN_STEPS] or g[:1]
+        pick = min(ok, key=lambda r: law.loss(r["params"], r["chars"]))
+        best = min(g, key=lambda r: r["windows"])
+        print(f"  {machine:8} {budget:5.0f}s  law picks {pick['size']} ({pick['windows']:.4f}), "
+              f"best {best['size']} ({best['windows']:.4f}): {pick['windows'] - best['windows']:+.4f}")
+    print(text)
+    print("\nresiduals (windows - law):")
+    for r in used:
+        print(f"  {r['machine']:8} {r['size']:6} {r['budget']:5.0f}s  {r['windows']:.4f}  "
+              f"{r['windows'] - law.loss(r['params'], r['chars']):+.4f}")
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
