@@ -59,6 +59,12 @@ def fit(rows: list[dict]) -> tuple[Law, float]:
     return law, math.sqrt(v)
 
 
+def _record(run: str) -> dict | None:
+    """The choice --preset auto recorded in the run's config.json."""
+    path = Path(run) / "config.json"
+    return json.loads(path.read_text())["train"].get("auto") if path.exists() else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jsonl")
@@ -89,7 +95,9 @@ def main() -> None:
                 f"{fixed['windows']:.4f}" if fixed else "n/a"]
         if a:
             x = a[-1]
-            cell += [f"{x['size']} (drop {x['dropout']})", f"**{x['windows']:.4f}**", f"{x['windows'] - best['windows']:+.4f}",
+            rec = x.get("auto_record") or _record(x["run"])
+            probe = f", probe {rec['probe_seconds']:.1f} s" if rec else ""
+            cell += [f"{x['size']} (drop {x['dropout']}{probe})", f"**{x['windows']:.4f}**", f"{x['windows'] - best['windows']:+.4f}",
                      f"{x['windows'] - fixed['windows']:+.4f}" if fixed else "n/a"]
         else:
             cell += ["not run", "", "", ""]

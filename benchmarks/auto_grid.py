@@ -87,7 +87,7 @@ def main() -> None:
                    "dropout": m["dropout"], "weight_decay": t["weight_decay"], "lr": t["lr"],
                    "batch_size": t["batch_size"], "seq_len": t["seq_len"],
                    "stateful": round(vals[-1], 4) if vals else None, "windows": round(windows["loss"], 4),
-                   "auto_record": cfg.get("auto"), "run": out}
+                   "auto_record": t.get("auto") or None, "run": out}
             if not args.auto:
                 speed[size] = rec["cps"]
             print(json.dumps(rec), flush=True)

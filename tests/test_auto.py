@@ -149,12 +149,17 @@ def test_model_flags_turn_the_automatic_choice_off(corpus, tmp_path):
         assert resolve({**base, **flags})[1].preset != "auto", flags
 
 
+def test_the_record_is_not_a_setting(corpus, tmp_path):
+    with pytest.raises(charnn.CharnnError, match="record --preset auto writes"):
+        resolve({"corpus": [str(corpus)], "out": str(tmp_path / "r"), "auto": {"chosen": "2x384"}})
+
+
 def test_explicit_auto_with_flags_chooses_around_them(monkeypatch, corpus, tmp_path):
     given = {"corpus": [str(corpus)], "out": str(tmp_path / "r"), "preset": "auto", "max_time": 600,
              "hidden": 96, "dropout": 0.1}
     model, cfg = resolve(given)
     calls = []
-    model, cfg = auto.settle(model, cfg, given, Dist(), progress=False, measure=machine(3e11, calls))
+    model, cfg = auto.settle(model, cfg, given, Dist(), measure=machine(3e11, calls))
     assert model.hidden == 96 and model.dropout == 0.1 and cfg.auto["settings"]["hidden"] == 96
     assert calls and all(c // 10 == 96 for c in calls)
 

@@ -37,7 +37,7 @@ def run_training(
     with session() as dist:
         model_config, cfg = dist.agree(lambda: resolve(settings, resume, dist.world_size))
         if cfg.preset == "auto" and resume is None:  # the model for this machine, timed here
-            model_config, cfg = auto.settle(model_config, cfg, settings, dist, progress)
+            model_config, cfg = auto.settle(model_config, cfg, settings, dist)
         trainer = dist.agree(
             lambda: Trainer(model_config, cfg, resume=resume is not None, should_stop=should_stop,
                             progress=progress, dist=dist)

@@ -38,7 +38,6 @@ from charnn.data.corpus import bundled_text, resolve_sources
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss
-from charnn.progress import Progress
 from charnn.train.config import TrainConfig, check_memory
 from charnn.train.distributed import Dist
 from charnn.train.presets import CHOSEN
@@ -105,7 +104,10 @@ class Law:
         return self.e + self.a * (params / 1e6) ** -self.alpha + self.b * (max(chars, 1.0) / 1e6) ** -self.beta
 
 
-LAW = Law(e=1.0, a=0.2, alpha=0.5, b=0.5, beta=0.5)  # placeholder until the fit below is in
+# Fitted (benchmarks/auto_fit.py, rms 0.030 nats) to the 24 runs of the grid with at least
+# MIN_STEPS steps: rungs 1 x 256 to 2 x 768, budgets of 1, 2 and 5 minutes, on this project's
+# 2-core Xeon (AMX) as two machines, one core each: bfloat16 and float32 (BENCHMARKS.md).
+LAW = Law(e=1.3211, a=0.0520, alpha=0.8454, b=0.3783, beta=0.7916)
 NOMINAL_VOCAB = 66  # the parameters are counted with tiny Shakespeare's vocabulary, whatever the corpus
 # A rung that would make fewer steps than this is not chosen: its warmup (50 steps) and cosine
 # have no room, and the law, fitted on runs of at least this many steps, does not hold there.
@@ -282,9 +284,10 @@ def corpus_chars(cfg: TrainConfig) -> float:
 
 # --- a run -----------------------------------------------------------------------------------
 def settle(model_config: ModelConfig, cfg: TrainConfig, given: dict, dist: Dist,
-           progress: bool = True, measure: Measure | None = None) -> tuple[ModelConfig, TrainConfig]:
+           measure: Measure | None = None) -> tuple[ModelConfig, TrainConfig]:
     """The configs of a new --preset auto run: the candidate chosen on rank 0 (its probe counted
-    in the budget) with the given settings applied, and the choice recorded in cfg.auto."""
+    in the budget) with the given settings applied, and the choice recorded in cfg.auto (the
+    trainer prints `describe` of it once the corpus has been read without error)."""
     device = torch.device(dist.device(cfg.device))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -309,7 +312,6 @@ def settle(model_config: ModelConfig, cfg: TrainConfig, given: dict, dist: Dist,
     record = record or {"chosen": name, "probe_seconds": probe_seconds}
     model_kw, train_kw = _split({**settings, **{k: v for k, v in reg.items() if k not in given}})
     cfg = replace(cfg, **train_kw, auto=record)
-    Progress(enabled=progress and dist.is_main).message(describe(record))
     return replace(model_config, **model_kw), cfg
 
 

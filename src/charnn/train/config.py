@@ -159,6 +159,8 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         files, model_config, cfg = _resolve_resume(model_kw, train_kw, resume)
         check_memory(model_config, cfg, world, cfg.device, files)
         return model_config, cfg
+    if "auto" in train_kw:
+        raise CharnnError("auto is the record --preset auto writes when a run starts; ask for --preset auto instead")
     if auto_wanted({**model_kw, **train_kw}):
         train_kw = {**train_kw, "preset": "auto"}
     if train_kw.get("preset"):

@@ -37,7 +37,7 @@ from charnn import checkpoint
 from charnn.models import ModelConfig
 from charnn.models.lm import char_loss, detach_state, map_state
 from charnn.progress import Progress
-from charnn.train import finetune
+from charnn.train import auto, finetune
 from charnn.train.budget import Pace, RunClock
 from charnn.train.config import TrainConfig
 from charnn.train.distributed import Dist
@@ -139,6 +139,8 @@ class Trainer:
         self.val_ids, self.val_docs = corpus.val_ids, corpus.val_docs  # val_docs: a documents corpus's
         if corpus.val_docs is not None:
             self.progress.message(corpus.documents_line)
+        if cfg.auto and not resume:  # what --preset auto chose (auto.py), now that the corpus reads
+            self.progress.message(auto.describe(cfg.auto))
         self.model = seeded_model(self.model_config, cfg, self.dist, self.device, parent, self.vocab)
         if parent is not None:
             self.progress.message(finetune.describe(parent, self.vocab))
