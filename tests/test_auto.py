@@ -100,11 +100,11 @@ def fake_probe(flops_per_s, calls=None):
     return lambda *a, **k: machine(flops_per_s, calls)
 
 
-def test_a_default_run_records_the_choice_and_resumes_with_it(monkeypatch, corpus, tmp_path):
+def test_an_auto_run_records_the_choice_and_resumes_with_it(monkeypatch, corpus, tmp_path):
     monkeypatch.setattr(auto, "probe", fake_probe(2e9))
     out = tmp_path / "r"
     stop_at = 3
-    s = charnn.train(corpus=[str(corpus)], out=str(out), max_time=30, eval_every=0, sample_chars=0,
+    s = charnn.train(corpus=[str(corpus)], out=str(out), preset="auto", max_time=30, eval_every=0, sample_chars=0,
                      progress=False, should_stop=lambda step: step >= stop_at)
     assert s.stop_reason == "interrupted"
     config = json.loads((out / "config.json").read_text())
@@ -130,8 +130,8 @@ def test_the_probe_counts_in_the_budget(monkeypatch, corpus, tmp_path):
     # The probe "took" 1.5 s: the run's clock starts there (two steps take far less).
     monkeypatch.setattr(auto, "choose", lambda *a, **k: (lambda c, f, s: (c, f, 1.5))(*_real_choose(*a, **k)))
     monkeypatch.setattr(auto, "probe", fake_probe(2e9))
-    s = charnn.train(corpus=[str(corpus)], out=str(tmp_path / "r"), max_time=30, eval_every=0, sample_chars=0,
-                     progress=False, should_stop=lambda step: step >= 2)
+    s = charnn.train(corpus=[str(corpus)], out=str(tmp_path / "r"), preset="auto", max_time=30, eval_every=0,
+                     sample_chars=0, progress=False, should_stop=lambda step: step >= 2)
     assert s.step == 2 and s.wall_time >= 1.5
     assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["auto"]["probe_seconds"] == 1.5
 
@@ -139,14 +139,11 @@ def test_the_probe_counts_in_the_budget(monkeypatch, corpus, tmp_path):
 _real_choose = auto.choose
 
 
-def test_model_flags_turn_the_automatic_choice_off(corpus, tmp_path):
+def test_auto_is_asked_for_and_flags_given_with_it_still_win(corpus, tmp_path):
     base = {"corpus": [str(corpus)], "out": str(tmp_path / "r")}
-    assert resolve(base)[1].preset == "auto"  # the default run
-    assert resolve({**base, "max_time": 60})[1].preset == "auto"  # a bare --max-time
-    assert resolve({**base, "max_time": 60, "dtype": "float32", "threads": 1})[1].preset == "auto"
-    for flags in ({"hidden": 64}, {"model": "gru"}, {"batch_size": 8}, {"lr": 1e-3}, {"max_steps": 10},
-                  {"epochs": 1}, {"batching": "windows"}, {"preset": "quick"}):
-        assert resolve({**base, **flags})[1].preset != "auto", flags
+    assert resolve(base)[1].preset == "" and resolve({**base, "max_time": 60})[1].preset == ""  # not the default yet
+    model, cfg = resolve({**base, "preset": "auto", "max_time": 60, "lr": 1e-3})
+    assert cfg.preset == "auto" and cfg.lr == 1e-3
 
 
 def test_the_record_is_not_a_setting(corpus, tmp_path):
@@ -177,7 +174,8 @@ def test_the_real_probe_times_a_candidate_and_the_cli_says_what_it_chose(capsys,
     assert params == ModelConfig(model="lstm", layers=1, hidden=256, embed=64,
                                  vocab_size=auto.NOMINAL_VOCAB).parameter_count()
     assert 0 < seconds < 5
-    code = main(["train", str(corpus), "--out", str(tmp_path / "c"), "--max-time", "2", "--sample-chars", "0"])
+    code = main(["train", str(corpus), "--out", str(tmp_path / "c"), "--preset", "auto", "--max-time", "2",
+                 "--sample-chars", "0"])
     err = capsys.readouterr().err
     assert code == 0 and "preset auto: " in err and "probe" in err
     assert json.loads((tmp_path / "c" / "config.json").read_text())["train"]["auto"]["chosen"]

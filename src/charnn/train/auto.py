@@ -6,8 +6,7 @@ The choice needs two things per candidate: how many characters it will see in th
 and what validation loss that many characters buy a model of its size.
 
 - The characters: `probe` times a few training steps of each rung on this machine, with the
-  run's dtype, threads and device (forward and backward on PROBE_SEQ characters, scaled to
-  the rung's sequence length, plus the optimizer's step), smallest first, and stops when two
+  run's dtype, threads, device and batch shape (the fastest of PROBE_STEPS), smallest first, and stops when two
   rungs in a row predict worse than the best so far, when one does not fit in memory, or when
   it has used PROBE_SHARE of the budget. Its seconds count in the budget (the run's clock
   starts with them).
@@ -19,8 +18,7 @@ and what validation loss that many characters buy a model of its size.
 
 `settle` makes a new run's configs from the choice (rank 0 probes under torchrun and the
 others take its choice) and records it in TrainConfig.auto, so config.json says what was
-chosen and why, and a resumed run reads it back instead of probing again. Whether a run
-takes --preset auto without asking is presets.auto_wanted's rule. Imports models, data,
+chosen and why, and a resumed run reads it back instead of probing again. Imports models, data,
 config and setup.
 """
 
@@ -112,8 +110,12 @@ NOMINAL_VOCAB = 66  # the parameters are counted with tiny Shakespeare's vocabul
 # A rung that would make fewer steps than this is not chosen: its warmup (50 steps) and cosine
 # have no room, and the law, fitted on runs of at least this many steps, does not hold there.
 MIN_STEPS = 150
-PROBE_SEQ = 32  # the probe's steps are this long; a step of seq_len costs seq_len / PROBE_SEQ of it
-PROBE_STEPS = 2  # timed steps per candidate, after one untimed
+# Steps of the run's own shape per candidate: untimed, then timed. Timing 2 steps of 32
+# characters and scaling them (this module's first probe) read a 2 x 384's pace on 2 threads
+# as 10,000-17,000 chars/s where the run makes 23,000-25,000, and chose a 1 x 256 for the
+# default run (windows loss 1.520 against the 2 x 384's 1.480).
+PROBE_WARMUP = 2
+PROBE_STEPS = 3
 PROBE_SHARE = 0.05  # the probe stops adding candidates once it has used this share of the budget
 # Of the budget left after the probe and the final evaluation, the share spent training steps:
 # the rest goes to the resume point, logging and the step target's safety margin.
@@ -232,31 +234,29 @@ def probe(model_config: ModelConfig, cfg: TrainConfig, device: torch.device, wor
 
 
 def _step_seconds(mc: ModelConfig, c: TrainConfig, device: torch.device, rows: int) -> float:
-    """Seconds of a training step of c.seq_len: forward and backward timed on PROBE_SEQ
-    characters and scaled to c.seq_len, plus the optimizer's step (whatever the length)."""
+    """Seconds of a training step of the run's shape: the fastest of PROBE_STEPS timed steps
+    after PROBE_WARMUP untimed ones (the first steps of a shape are slow: allocation, kernels
+    chosen; the fastest is nearest the steady pace of a run)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(mc).to(device)
         optimizer = make_optimizer(model, c, device)
         autocast, scaler = mixed_precision(c.dtype, device)
-        x = torch.randint(mc.vocab_size, (rows, PROBE_SEQ + 1), device=device)
-        passes = update = 0.0
-        for i in range(PROBE_STEPS + 1):
+        x = torch.randint(mc.vocab_size, (rows, c.seq_len + 1), device=device)
+        times = []
+        for _ in range(PROBE_WARMUP + PROBE_STEPS):
             t0 = _now(device)
             with autocast:
                 logits, _ = model(x[:, :-1], None)
             scaler.scale(char_loss(logits, x[:, 1:])).backward()
-            t1 = _now(device)
             if c.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            t2 = _now(device)
-            if i:  # the first is untimed: it warms the allocator and the kernels up
-                passes, update = passes + t1 - t0, update + t2 - t1
-    return (passes * c.seq_len / PROBE_SEQ + update) / PROBE_STEPS
+            times.append(_now(device) - t0)
+    return min(times[PROBE_WARMUP:])
 
 
 def _now(device: torch.device) -> float:

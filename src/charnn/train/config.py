@@ -35,7 +35,7 @@ from charnn.errors import CharnnError
 from charnn.models import ModelConfig
 from charnn.settings import field_problems, flag_name, setting, type_problems
 from charnn.train import finetune
-from charnn.train.presets import auto_wanted, check_auto, preset_settings
+from charnn.train.presets import check_auto, preset_settings
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
 # --lr and --warmup when not given: from scratch, and fine-tuning (--init-from). A fine-tuned
@@ -161,8 +161,6 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         return model_config, cfg
     if "auto" in train_kw:
         raise CharnnError("auto is the record --preset auto writes when a run starts; ask for --preset auto instead")
-    if auto_wanted({**model_kw, **train_kw}):
-        train_kw = {**train_kw, "preset": "auto"}
     if train_kw.get("preset"):
         if train_kw.get("init_from"):
             raise CharnnError("--preset and --init-from do not go together: a preset is a recipe for training "
