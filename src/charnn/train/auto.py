@@ -1,9 +1,10 @@
 """--preset auto: the model for this machine and this budget.
 
 LADDER is the candidates, smallest first: each a model size with the batch shape and peak
-learning rate that suit it (the 2 x 384 rung is the fixed default `charnn train` had before).
-The choice needs two things per candidate: how many characters it will see in the budget,
-and what validation loss that many characters buy a model of its size.
+learning rate that suit it (the 2 x 384 rung is the fixed model of `charnn train`, which does
+not take --preset auto unless asked: presets.py says why). The choice needs two things per
+candidate: how many characters it will see in the budget, and what validation loss that many
+characters buy a model of its size.
 
 - The characters: `probe` times a few training steps of each rung on this machine, with the
   run's dtype, threads, device and batch shape (the fastest of PROBE_STEPS), smallest first, and stops when two
