@@ -39,7 +39,6 @@ from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss
 from charnn.train.config import TrainConfig, check_memory
 from charnn.train.distributed import Dist
-from charnn.train.presets import CHOSEN
 from charnn.train.setup import make_optimizer, mixed_precision
 
 
@@ -107,6 +106,8 @@ class Law:
 # MIN_STEPS steps: rungs 1 x 256 to 2 x 768, budgets of 1, 2 and 5 minutes, on this project's
 # 2-core Xeon (AMX) as two machines, one core each: bfloat16 and float32 (BENCHMARKS.md).
 LAW = Law(e=1.3211, a=0.0520, alpha=0.8454, b=0.3783, beta=0.7916)
+# The settings the choice sets; one given by the user wins over it.
+CHOSEN = ("model", "layers", "hidden", "embed", "batch_size", "seq_len", "lr", "dropout", "weight_decay")
 NOMINAL_VOCAB = 66  # the parameters are counted with tiny Shakespeare's vocabulary, whatever the corpus
 # A rung that would make fewer steps than this is not chosen: its warmup (50 steps) and cosine
 # have no room, and the law, fitted on runs of at least this many steps, does not hold there.

@@ -12,8 +12,9 @@ PRESETS: dict[str, tuple[str, dict]] = {
     # Not a fixed bundle: the run times a ladder of LSTMs on this machine and takes the one a
     # law fitted to measured runs predicts best for the budget (auto.py). Asked for, not yet the
     # default: on this project's 2-thread AMX machine the default run's probe read the 2 x 384's
-    # pace as ~20,000 chars/s where a run makes ~25,000, and chose a 1 x 256 (windows loss 1.520
-    # against the fixed 2 x 384's 1.480); the default stays the fixed model until it reads better.
+    # pace as ~16,000 chars/s (the probe now reads ~20,500) where a run makes ~25,000, and chose a
+    # 1 x 256 (windows loss 1.520 against the fixed 2 x 384's 1.480); the default stays the fixed
+    # model until the probe reads a run's pace better.
     "auto": (
         "the model for this machine and this budget: a few seconds timing LSTMs 1x256 to 3x1024 here, "
         "then the one predicted best for --max-time",
@@ -84,10 +85,6 @@ def format_presets() -> str:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
         lines.append(f"{name:<{width}}  {description}\n{'':<{width}}  {flags}")
     return "\n".join(lines)
-
-
-# The settings --preset auto chooses; one given by the user wins over its choice.
-CHOSEN = ("model", "layers", "hidden", "embed", "batch_size", "seq_len", "lr", "dropout", "weight_decay")
 
 
 def check_auto(cfg) -> None:
