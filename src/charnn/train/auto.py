@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from charnn.data.corpus import bundled_text, resolve_sources
 from charnn.errors import CharnnError
 from charnn.models import ModelConfig, build_model
 from charnn.models.lm import char_loss
-from charnn.train.config import TrainConfig, check_memory
+from charnn.train.config import TrainConfig, check_memory, split_settings
 from charnn.train.distributed import Dist
 from charnn.train.setup import make_optimizer, mixed_precision
 
@@ -222,7 +222,7 @@ def probe(model_config: ModelConfig, cfg: TrainConfig, device: torch.device, wor
     """The real `measure`: a few training steps of each candidate on random characters."""
 
     def measure(settings: dict) -> tuple[int, float | None]:
-        model_kw, train_kw = _split(settings)
+        model_kw, train_kw = split_settings(settings)
         mc = replace(model_config, **model_kw, vocab_size=NOMINAL_VOCAB)
         c = replace(cfg, **train_kw)
         params = mc.parameter_count()
@@ -267,12 +267,6 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _split(settings: dict) -> tuple[dict, dict]:
-    model_names = {f.name for f in fields(ModelConfig)}
-    return ({k: v for k, v in settings.items() if k in model_names},
-            {k: v for k, v in settings.items() if k not in model_names})
-
-
 def corpus_chars(cfg: TrainConfig) -> float:
     """The training split's characters, estimated from the corpus files' sizes (bytes)."""
     total = 0
@@ -312,7 +306,7 @@ def settle(model_config: ModelConfig, cfg: TrainConfig, given: dict, dist: Dist,
     reg = {k: dist.broadcast_float(record["settings"][k] if record else None) for k in ("dropout", "weight_decay")}
     probe_seconds = dist.broadcast_float(record["probe_seconds"] if record else None)
     record = record or {"chosen": name, "probe_seconds": probe_seconds}
-    model_kw, train_kw = _split({**settings, **{k: v for k, v in reg.items() if k not in given}})
+    model_kw, train_kw = split_settings({**settings, **{k: v for k, v in reg.items() if k not in given}})
     cfg = replace(cfg, **train_kw, auto=record)
     return replace(model_config, **model_kw), cfg
 
