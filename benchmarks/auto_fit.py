@@ -2,11 +2,13 @@
 
     python benchmarks/auto_fit.py /work/bench/grid/grid.jsonl            # fit: prints the Law(...) to use
     python benchmarks/auto_fit.py grid.jsonl --markdown BENCHMARKS.md    # the grid, the choices, vs best
+    python benchmarks/auto_fit.py grid.jsonl --replay                    # today's rule on the probes recorded
 
 Fit: loss = e + a / P^alpha + b / C^beta (P parameters, C characters seen, both in millions)
 on the windows loss of every rung run with at least auto.MIN_STEPS steps (fewer do not finish
 their warmup and cosine: the choice never takes such a rung), least squares in torch from
-several starts. Then, per machine and budget: the grid's best point, the fixed default
+several starts. --replay runs today's `auto.choose` (law, margin, minimum steps) on the step
+times each --preset auto run recorded, and looks its choice up in the grid. Then, per machine and budget: the grid's best point, the fixed default
 (2 x 384), the `--preset auto` run (rows with "auto": true) and their distances in nats.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from charnn.train import auto
 from charnn.train.auto import MIN_STEPS, Law
 
 DEFAULT = "2x384"  # the fixed model of `charnn train` before --preset auto
@@ -65,12 +68,39 @@ def _record(run: str) -> dict | None:
     return json.loads(path.read_text())["train"].get("auto") if path.exists() else None
 
 
+def replay(rows: list[dict]) -> list[str]:
+    """Today's choice from each auto run's recorded probe, and the grid's loss for it."""
+    grid = {(r["machine"], r["budget"], r["size"]): r["windows"] for r in rows if not r["auto"]}
+    out = ["| machine | budget | recorded choice | today's rule on the same step times | its grid loss | grid best | fixed 2x384 |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rec = r.get("auto_record") or (_record(r["run"]) if r["auto"] else None)
+        if not r["auto"] or not rec:
+            continue
+        steps = {c["name"]: (c["params"], c["step_seconds"]) for c in rec["candidates"]}
+
+        def measure(settings: dict, steps: dict = steps) -> tuple[int, float | None]:
+            return steps.get(f"{settings['layers']}x{settings['hidden']}", (0, None))  # not timed then: stop
+
+        chosen, _, _ = auto.choose({}, rec["budget"], rec["train_chars"], measure, clock=lambda: 0.0)
+        cell = [v for (m, b, _), v in grid.items() if m == r["machine"] and b == r["budget"]]
+        got = grid.get((r["machine"], r["budget"], chosen.name))
+        fixed = grid.get((r["machine"], r["budget"], DEFAULT))
+        out.append(f"| {r['machine']} | {r['budget'] / 60:g} min | {rec['chosen']} | {chosen.name} | "
+                   f"{f'{got:.4f}' if got else 'not in the grid'} | {min(cell):.4f} | {f'{fixed:.4f}' if fixed else 'n/a'} |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jsonl")
     ap.add_argument("--markdown", help="append the tables to this file")
+    ap.add_argument("--replay", action="store_true", help="only: today's rule on the recorded probes")
     args = ap.parse_args()
     rows = [json.loads(x) for x in Path(args.jsonl).read_text().splitlines() if x.strip()]
+    if args.replay:
+        print("\n".join(replay(rows)))
+        return
     latest = {(r["machine"], r["size"] if not r["auto"] else "auto", r["budget"]): r for r in rows}
     rows = list(latest.values())  # a rerun replaces the earlier row
     grid = [r for r in rows if not r["auto"]]

@@ -4,7 +4,8 @@ Each TrainConfig field carries its default, help, choices and bounds once (charn
 the `charnn train` flags, their --help, the keywords of charnn.train() and the validation
 messages all come from it. resolve() layers them: the field defaults <- a preset <- the
 settings given, the model's taken from the parent run when fine-tuning (--init-from,
-finetune.py); or, for `--resume`, the run's saved settings <- the few that may change.
+finetune.py), --preset auto when no preset and no model flag is given (presets.uses_auto:
+auto.py then chooses the model when the run starts); or, for `--resume`, the run's saved settings <- the few that may change.
 It refuses a resume that would train a run from step 0 over what it holds
 (check_resumable), and sizes that cannot fit in memory (check_memory), before anything
 is read or built.
@@ -35,7 +36,7 @@ from charnn.errors import CharnnError
 from charnn.models import ModelConfig
 from charnn.settings import field_problems, flag_name, setting, type_problems
 from charnn.train import finetune
-from charnn.train.presets import check_auto, preset_settings
+from charnn.train.presets import check_auto, preset_settings, uses_auto
 
 DEFAULT_BUDGET_S = 150.0  # with no stopping flag at all: fits `charnn train` into 3 minutes
 # --lr and --warmup when not given: from scratch, and fine-tuning (--init-from). A fine-tuned
@@ -161,6 +162,8 @@ def resolve(settings: dict, resume: str | None = None, world: int = 1) -> tuple[
         return model_config, cfg
     if "auto" in train_kw:
         raise CharnnError("auto is the record --preset auto writes when a run starts; ask for --preset auto instead")
+    if uses_auto({**model_kw, **train_kw}):
+        train_kw["preset"] = "auto"
     if train_kw.get("preset"):
         if train_kw.get("init_from"):
             raise CharnnError("--preset and --init-from do not go together: a preset is a recipe for training "

@@ -10,18 +10,17 @@ from charnn.errors import CharnnError
 
 PRESETS: dict[str, tuple[str, dict]] = {
     # Not a fixed bundle: the run times a ladder of LSTMs on this machine and takes the one a
-    # law fitted to measured runs predicts best for the budget (auto.py). Asked for, not yet the
-    # default: on this project's 2-thread AMX machine the default run's probe read the 2 x 384's
-    # pace as ~16,000 chars/s (the probe now reads ~20,500) where a run makes ~25,000, and chose a
-    # 1 x 256 (windows loss 1.520 against the fixed 2 x 384's 1.480); the default stays the fixed
-    # model until the probe reads a run's pace better.
+    # law fitted to measured runs predicts best for the budget (auto.py). What a new run with a
+    # time budget (or none given) uses when no preset and no model or batch flag is given
+    # (`uses_auto`): `charnn train` and `charnn train --max-time N`.
     "auto": (
         "the model for this machine and this budget: a few seconds timing LSTMs 1x256 to 3x1024 here, "
         "then the one predicted best for --max-time",
         {},
     ),
     # Tuned for validation loss per CPU-minute on tiny Shakespeare (2 cores; BENCHMARKS.md has
-    # the runs). The defaults of `charnn train` are cpu-2min's settings with a 150 s budget.
+    # the runs). Its model and batch are the flags' defaults, which a run given any model flag
+    # builds on, and --preset auto's fixed model (the one it keeps unless another is clearly better).
     "cpu-2min": (
         "best in 2 minutes on a 2-core CPU: 2-layer LSTM 384, stateful 32 x 96, lr 6e-3",
         {"model": "lstm", "layers": 2, "hidden": 384, "embed": 64, "dropout": 0.0,
@@ -85,6 +84,18 @@ def format_presets() -> str:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
         lines.append(f"{name:<{width}}  {description}\n{'':<{width}}  {flags}")
     return "\n".join(lines)
+
+
+# Given any of these, a run without a preset builds the model the flags describe, not auto's choice.
+MODEL_FLAGS = frozenset({"model", "layers", "hidden", "embed", "input", "block", "expand", "mlp", "conv",
+                         "batch_size", "seq_len"})
+
+
+def uses_auto(given: dict) -> bool:
+    """A new run takes --preset auto when it names no preset, no model or batch flag, no parent
+    run (--init-from), no --documents and no step or epoch limit: it is a time budget to spend."""
+    return not (given.get("preset") or MODEL_FLAGS & set(given) or given.get("init_from")
+                or given.get("documents", "none") != "none" or given.get("max_steps") or given.get("epochs"))
 
 
 def check_auto(cfg) -> None:

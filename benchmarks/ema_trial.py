@@ -1,0 +1,93 @@
+"""Weight averaging at the end of a run: one training run that keeps exponential moving averages
+(EMA) of its weights beside them, then scores the final weights and each average on the
+windows protocol. One run, so the comparison holds the trajectory, the machine's load and the
+data order fixed: the difference is the averaging alone.
+
+    python benchmarks/ema_trial.py --out runs/ema --decays 0.99 0.995 0.998 0.999 -- --preset cpu-10min
+
+Everything after `--` is `charnn train` settings (as flags). Prints one JSON line: the final
+weights' loss and each average's, with the run's steps and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from charnn import checkpoint
+from charnn.cli import build_parser
+from charnn.cli.common import given_settings
+from charnn.train.config import resolve
+from charnn.train.loop import Trainer
+
+
+class AveragingTrainer(Trainer):
+    """The loop unchanged; after every step each average moves toward the weights."""
+
+    decays: tuple[float, ...] = ()
+
+    def train_step(self) -> float:
+        loss = super().train_step()
+        with torch.no_grad():
+            if not hasattr(self, "averages"):
+                self.averages = {d: [p.detach().clone() for p in self.model.parameters()] for d in self.decays}
+            for d, avg in self.averages.items():
+                torch._foreach_lerp_(avg, [p.detach() for p in self.model.parameters()], 1 - d)
+        return loss
+
+
+def windows_loss(run: Path) -> float:
+    out = subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), "--protocol", "windows", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["loss"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--decays", type=float, nargs="+", default=[0.99, 0.995, 0.998, 0.999])
+    ap.add_argument("train", nargs=argparse.REMAINDER, help="-- then charnn train flags")
+    args = ap.parse_args()
+    flags = args.train[1:] if args.train[:1] == ["--"] else args.train
+    train_args = build_parser().parse_args(["train", *flags, "--out", args.out, "--quiet"])
+    model_config, cfg = resolve(given_settings(train_args, "resume", "quiet", "list_presets"))
+    AveragingTrainer.decays = tuple(args.decays)
+    trainer = AveragingTrainer(model_config, cfg, progress=False)
+    summary = trainer.run()
+    run = Path(args.out)
+    result = {"settings": flags, "steps": summary.step, "chars_per_s": round(summary.chars_per_s),
+              "final": round(windows_loss(run), 4), "cpu": _cpu()}
+    final = [p.detach().clone() for p in trainer.model.parameters()]
+    for d, avg in trainer.averages.items():
+        twin = run.parent / f"{run.name}-ema{d}"
+        shutil.rmtree(twin, ignore_errors=True)
+        twin.mkdir()
+        for name in (checkpoint.CONFIG, "vocab.json"):
+            shutil.copy(run / name, twin / name)
+        with torch.no_grad():
+            for p, a in zip(trainer.model.parameters(), avg):
+                p.copy_(a)
+        checkpoint.save_weights(twin, trainer.model, trainer.vocab, {"step": summary.step, "ema": d})
+        result[f"ema{d}"] = round(windows_loss(twin), 4)
+    with torch.no_grad():
+        for p, f in zip(trainer.model.parameters(), final):
+            p.copy_(f)
+    print(json.dumps(result))
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            amx = "amx_bf16" in Path("/proc/cpuinfo").read_text()
+            return f"{line.split(':', 1)[1].strip()}, {'AMX' if amx else 'no AMX'}, {torch.get_num_threads()} threads"
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
