@@ -255,3 +255,11 @@ def test_the_resume_point_holds_exactly_the_resume_state(tiny_run):
     ]  # runs saved by earlier versions resume: this list is their format (new fields go last, with defaults)
     assert ResumeState.from_dict(saved).to_dict() == saved
     assert ResumeState.from_dict({"step": 3}).world_size == 1  # a key it lacks takes its default
+
+
+def test_a_final_evaluation_right_after_a_metrics_line_shows_the_last_train_loss(corpus_file, tmp_path, capsys):
+    # 12 steps, a metrics line every 4, evaluations every 5: the final evaluation (step 12) comes
+    # right after step 12's metrics line and has no steps of its own to average.
+    charnn.train(**settings(corpus_file, tmp_path / "r", max_steps=12, log_every=4, eval_every=5))
+    last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step 12:")]
+    assert last and "train loss nan" not in last[-1] and "train loss " in last[-1], last

@@ -268,8 +268,10 @@ class Trainer:
             val = self.evaluate()
             if val is not None:
                 record.update(val_loss=val, val_bpc=val / math.log(2))
+                # A final evaluation right after a metrics line has no steps of its own: the last loss.
+                train = record["train_loss"] if record["train_loss"] is not None else s.last_train_loss
                 self.progress.message(
-                    f"step {s.step}: train loss {record['train_loss'] or float('nan'):.4f}, "
+                    f"step {s.step}: train loss {train if train is not None else float('nan'):.4f}, "
                     f"val loss {val:.4f} ({val / math.log(2):.3f} bpc)"
                     + (" *best*" if s.best_step == s.step else "")
                 )
