@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 
 from charnn.train import auto
-from charnn.train.auto import MIN_STEPS, Law
+from charnn.train.auto import MIN_STEPS, Curve, Law
 
 DEFAULT = "2x384"  # the fixed model of `charnn train` before --preset auto
+CURVE_RUNS = 4  # a rung gets its own curve from this many runs
+PLATEAU = 2.5  # nats: a run above this has learnt little more than character frequencies (unigram ~3.3)
 
 
 def _fit_from(start: list[float], P, C, L) -> tuple[float, torch.Tensor]:
@@ -60,6 +62,47 @@ def fit(rows: list[dict]) -> tuple[Law, float]:
     law = Law(e=float(raw[0]), a=float(raw[1].exp()), alpha=float(raw[2].exp()), b=float(raw[3].exp()),
               beta=float(raw[4].exp()))
     return law, math.sqrt(v)
+
+
+def fit_curve(rows: list[dict]) -> tuple[Curve, float]:
+    """One rung's e + b / C^beta by least squares from several starts (b and beta positive)."""
+    C = torch.tensor([r["chars"] / 1e6 for r in rows], dtype=torch.float64)
+    L = torch.tensor([r["windows"] for r in rows], dtype=torch.float64)
+    best = None
+    for e0 in (1.2, 1.35, 1.45):
+        for b0 in (0.2, 0.5):
+            for beta0 in (0.5, 1.0):
+                raw = torch.tensor([e0, math.log(b0), math.log(beta0)], dtype=torch.float64, requires_grad=True)
+
+                def mse(raw=raw) -> torch.Tensor:
+                    return ((raw[0] + raw[1].exp() * C ** -raw[2].exp() - L) ** 2).mean()
+
+                opt = torch.optim.LBFGS([raw], max_iter=300, line_search_fn="strong_wolfe")
+
+                def closure(opt=opt, mse=mse) -> torch.Tensor:
+                    opt.zero_grad()
+                    v = mse()
+                    v.backward()
+                    return v
+
+                for _ in range(3):
+                    opt.step(closure)
+                v = float(mse().detach())
+                if math.isfinite(v) and (best is None or v < best[0]):
+                    best = (v, raw.detach().clone())
+    v, raw = best
+    return Curve(e=float(raw[0]), b=float(raw[1].exp()), beta=float(raw[2].exp()),
+                 seen=max(r["chars"] for r in rows)), math.sqrt(v)
+
+
+def fit_curves(rows: list[dict]) -> dict[str, Curve]:
+    """A curve for each rung of the ladder with at least CURVE_RUNS runs (grid and auto alike)."""
+    rungs = {c.name: c.settings() for c in auto.LADDER}
+    by = defaultdict(list)
+    for r in rows:
+        if r["size"] in rungs and all(r[k] == rungs[r["size"]][k] for k in ("batch_size", "seq_len", "lr")):
+            by[r["size"]].append(r)
+    return {name: fit_curve(rs)[0] for name, rs in by.items() if len(rs) >= CURVE_RUNS}
 
 
 def _record(run: str) -> dict | None:
@@ -103,11 +146,23 @@ def main() -> None:
         return
     latest = {(r["machine"], r["size"] if not r["auto"] else "auto", r["budget"]): r for r in rows}
     rows = list(latest.values())  # a rerun replaces the earlier row
-    grid = [r for r in rows if not r["auto"]]
-    used = [r for r in grid if r["steps"] >= MIN_STEPS]
+    # An auto run is a run of its rung too. A run that ended above PLATEAU nats never left the
+    # plateau of character frequencies (a wide rung's first few hundred steps): no law of
+    # model size and characters describes it.
+    used = [r for r in rows if r["steps"] >= MIN_STEPS and r["windows"] <= PLATEAU]
+    for r in rows:
+        if r["steps"] >= MIN_STEPS and r["windows"] > PLATEAU:
+            print(f"left out: {r['machine']} {r['size']} {r['budget']:.0f}s, {r['steps']} steps, windows {r['windows']}")
     law, rms = fit(used)
-    print(f"fitted on {len(used)} of {len(grid)} grid runs (rms {rms:.4f} nats):")
+    print(f"fitted on the {len(used)} of {len(rows)} runs with >= {MIN_STEPS} steps (rms {rms:.4f} nats):")
     print(f"LAW = Law(e={law.e:.4f}, a={law.a:.4f}, alpha={law.alpha:.4f}, b={law.b:.4f}, beta={law.beta:.4f})")
+    curves = fit_curves(used)
+    print("CURVES = {" + ", ".join(f'"{n}": Curve({c.e:.4f}, {c.b:.4f}, {c.beta:.4f}, {c.seen:.4g})'
+                                   for n, c in curves.items()) + "}")
+    for n, c in curves.items():
+        rs = [r for r in used if r["size"] == n]
+        err = math.sqrt(sum((c.loss(r["chars"]) - r["windows"]) ** 2 for r in rs) / len(rs))
+        print(f"  {n}: {len(rs)} runs, rms {err:.4f}")
     cells = defaultdict(list)
     for r in rows:
         cells[(r["machine"], r["budget"])].append(r)

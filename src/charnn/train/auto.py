@@ -11,8 +11,10 @@ characters buy a model of its size.
   rungs in a row predict worse than the best so far, when one does not fit in memory, or when
   it has used PROBE_SHARE of the budget. Its seconds count in the budget (the run's clock
   starts with them).
-- The loss: LAW, e + a / P^alpha + b / C^beta in parameters P and characters C, fitted to the
-  runs of benchmarks/auto_grid.py (every rung, 1 to 10 minutes, on two effective machines).
+- The loss: a rung's own CURVE in characters C where it has been run enough, else LAW,
+  e + a / P^alpha + b / C^beta in parameters P and C, both fitted to the runs of
+  benchmarks/auto_grid.py (every rung, 1 to 10 minutes, on two effective machines). The fixed
+  2 x 384 is kept unless another is predicted better by SWITCH_MARGIN.
 - `choose` is a function of the step times alone (given them, the same choice every time);
   dropout and weight decay follow from the passes over the training text the choice will
   make (`regularisation`). Settings the user gives win over the ladder's (`options`).
@@ -102,16 +104,48 @@ class Law:
         return self.e + self.a * (params / 1e6) ** -self.alpha + self.b * (max(chars, 1.0) / 1e6) ** -self.beta
 
 
-# Fitted (benchmarks/auto_fit.py, rms 0.030 nats) to the 24 runs of the grid with at least
-# MIN_STEPS steps: rungs 1 x 256 to 2 x 768, budgets of 1, 2 and 5 minutes, on this project's
-# 2-core Xeon (AMX) as two machines, one core each: bfloat16 and float32 (BENCHMARKS.md).
-LAW = Law(e=1.3211, a=0.0520, alpha=0.8454, b=0.3783, beta=0.7916)
+@dataclass(frozen=True)
+class Curve:
+    """One rung's validation loss against the characters its run saw, e + b / C^beta (C in
+    millions), fitted to that rung's runs alone (benchmarks/auto_fit.py). Closer than the law
+    where a rung has been run often: the law's one size term misses that a larger model learns
+    more from each character (at ~3.7 M characters a 2 x 384 scores ~0.05 below a 2 x 256,
+    at ~8.4 M ~0.03), and on this project's 2-thread machine it chose a 2 x 256 (windows
+    1.531) over the fixed 2 x 384 (1.517 in the same conditions)."""
+
+    e: float
+    b: float
+    beta: float
+    seen: float  # the most characters one of its runs saw: beyond CURVE_REACH x that, the law
+
+    def loss(self, chars: float) -> float:
+        return self.e + self.b * (max(chars, 1.0) / 1e6) ** -self.beta
+
+    def reaches(self, chars: float) -> bool:
+        return chars <= CURVE_REACH * self.seen
+
+
+# A curve fitted on a few runs is not trusted far beyond the characters they saw (its limit e
+# is loose: the 2 x 640's five runs of 1.1-2.4 M characters put it at 1.26).
+CURVE_REACH = 2.0
+# Fitted by benchmarks/auto_fit.py to the 47 runs with at least MIN_STEPS steps in
+# benchmarks/data/auto_grid.jsonl (one, a 2 x 768 that never left the plateau of character
+# frequencies, left out): rungs 1 x 256 to 2 x 768 for 1, 2, 5 and 10 minutes on this project's
+# 2-core Xeon (AMX) as two machines, one core each (bfloat16, and float32 as a machine without
+# AMX), and the default 150 s run on both cores (BENCHMARKS.md). The law (rms 0.023 nats) for a
+# model that is not a rung as run (flags given), a rung with fewer than 4 runs, or beyond a
+# curve's reach; the curves (rms 0.006-0.008 each) for the rest.
+LAW = Law(e=1.3254, a=0.0768, alpha=0.5849, b=0.3509, beta=0.8936)
+CURVES: dict[str, Curve] = {
+    "1x256": Curve(1.4788, 0.3586, 1.0462, 2.439e7), "2x256": Curve(1.4159, 0.3879, 0.9513, 1.701e7),
+    "2x384": Curve(1.4031, 0.2716, 1.0135, 8.439e6), "2x512": Curve(1.3883, 0.3678, 1.1361, 4.985e6),
+    "2x640": Curve(1.2552, 0.4700, 0.7610, 2.421e6),
+}
 # The fixed model (cpu-2min's 2 x 384, `charnn train`'s model before auto) is kept unless another
-# rung is predicted better by more than this: the law's error (rms 0.025-0.030 nats) and the
-# probe's (its pace of a rung is +-20 % of a run's on a shared CPU) are larger than the gains
-# it would chase. On the grid the margin turned the 10-minute one-core bfloat16 choice from
-# 2 x 256 (1.447, predicted 0.016 better) to the grid's best 2 x 384 (1.434), and moved no
-# 1- to 5-minute choice (benchmarks/auto_fit.py --replay).
+# rung is predicted better by more than this: the probe's reading of a rung's pace is +-20 %
+# of a run's on a shared CPU, and the law's error 0.025 nats, larger than the gains it would
+# chase. With the law alone, the 10-minute one-core choices were a 2 x 256 predicted 0.016
+# better; the margin kept the 2 x 384 (the grid's best on bfloat16, 1.434 against 1.447).
 KEEP = 2  # LADDER index of the fixed model
 SWITCH_MARGIN = 0.02
 # The settings the choice sets; one given by the user wins over it.
@@ -169,15 +203,21 @@ def _name(s: dict) -> str:
 
 
 def evaluate_option(name: str, settings: dict, params: int, step_seconds: float, seconds: float,
-                    train_chars: float, given: dict, law: Law = LAW, val_fraction: float = 0.1) -> Option:
+                    train_chars: float, given: dict, law: Law = LAW, val_fraction: float = 0.1,
+                    curves: dict | None = None) -> Option:
     """What `settings` would reach in `seconds` at `step_seconds` a step, the final evaluation
-    paid for: the characters seen, the regularisation for the passes they make, the predicted loss."""
+    paid for: the characters seen, the regularisation for the passes they make, the predicted
+    loss (the rung's curve when it is a rung with one, else the law)."""
+    curves = CURVES if curves is None else curves
     val_chars = train_chars * val_fraction / (1 - val_fraction)
     final_eval = val_chars / (settings["batch_size"] * settings["seq_len"]) * step_seconds * EVAL_COST
     steps = max(0.0, seconds - final_eval) * TRAINING_SHARE / step_seconds
     chars = steps * settings["batch_size"] * settings["seq_len"]
     reg = {k: v for k, v in regularisation(chars / max(train_chars, 1.0), params).items() if k not in given}
-    predicted = law.loss(params, chars) if steps >= MIN_STEPS else math.inf
+    rung = next((c.name for c in LADDER if c.settings() == settings), None)  # a rung as run on the grid
+    fit = curves.get(rung) if rung else None
+    predicted = ((fit.loss(chars) if fit and fit.reaches(chars) else law.loss(params, chars))
+                 if steps >= MIN_STEPS else math.inf)
     return Option(name, {**settings, **reg}, params, step_seconds, chars, predicted)
 
 
@@ -311,7 +351,7 @@ def settle(model_config: ModelConfig, cfg: TrainConfig, given: dict, dist: Dist,
         return {"chosen": chosen.name, "index": found.index(chosen), "settings": chosen.settings,
                 "budget": cfg.max_time, "probe_seconds": round(seconds, 3), "train_chars": round(train_chars),
                 "dtype": cfg.dtype, "threads": torch.get_num_threads(), "candidates": [o.record() for o in found],
-                "law": vars(LAW)}
+                "law": vars(LAW), "curves": {n: vars(c) for n, c in CURVES.items()}}
 
     record = dist.agree(pick)
     # The other ranks take rank 0's choice: its candidate, regularisation and probe time.
