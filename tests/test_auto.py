@@ -232,3 +232,17 @@ def test_a_rung_as_run_is_predicted_by_its_curve_and_anything_else_by_the_law():
     assert o.predicted == pytest.approx(auto.LAW.loss(1903554, o.chars))
     # Too few steps for a whole warmup and cosine: never chosen.
     assert auto.evaluate_option(rung.name, rung.settings(), 1903554, 10.0, 600, 1e6, {}).predicted == float("inf")
+
+
+def test_a_rung_disturbed_while_timed_is_timed_again():
+    fast, seen = machine(3e11), []
+
+    def disturbed(settings):  # the 2 x 384's first timing is four times too slow, as under another process
+        p, step = fast(settings)
+        seen.append(f"{settings['layers']}x{settings['hidden']}")
+        return p, step * 4 if seen.count("2x384") == 1 and seen[-1] == "2x384" else step
+
+    chosen, found, _ = choose({}, 150, 1e6, disturbed, clock=still)
+    clean, found_clean, _ = choose({}, 150, 1e6, machine(3e11), clock=still)
+    assert seen.count("2x384") == 2  # timed again once the 2 x 512 read faster per character
+    assert [o.step_seconds for o in found] == [o.step_seconds for o in found_clean] and chosen == clean

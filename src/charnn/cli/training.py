@@ -21,7 +21,8 @@ def add_train(sub) -> None:
         description=(
             "Train a character-level language model. With no CORPUS, trains on the bundled tiny "
             f"Shakespeare; with no --max-steps, --max-time or --epochs, trains for "
-            f"{DEFAULT_BUDGET_S:g} seconds."
+            f"{DEFAULT_BUDGET_S:g} seconds; with a time budget and no --preset or model flag, first "
+            "picks the model for this machine and budget (--preset auto)."
         ),
     )
     p.add_argument("corpus", nargs="*", default=argparse.SUPPRESS, metavar="CORPUS",

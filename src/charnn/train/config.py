@@ -5,8 +5,8 @@ the `charnn train` flags, their --help, the keywords of charnn.train() and the v
 messages all come from it. resolve() layers them: the field defaults <- a preset <- the
 settings given, the model's taken from the parent run when fine-tuning (--init-from,
 finetune.py), --preset auto when no preset and no model flag is given (presets.uses_auto:
-auto.py then chooses the model when the run starts); or, for `--resume`, the run's saved settings <- the few that may change.
-It refuses a resume that would train a run from step 0 over what it holds
+auto.py then chooses the model when the run starts); or, for `--resume`, the run's saved
+settings <- the few that may change. It refuses a resume that would train a run from step 0 over what it holds
 (check_resumable), and sizes that cannot fit in memory (check_memory), before anything
 is read or built.
 Imports data, models, checkpoint, devices and settings; nothing of the loop.
@@ -107,7 +107,8 @@ class TrainConfig:
     device: str = setting("auto", "torch device: auto, cpu, cuda, cuda:N, mps")
     threads: int = setting(0, "CPU threads for torch, 0 = torch's default", ge=0, le=1024)  # 65536: libgomp aborts
     # The named bundle of settings this run started from (presets.py); its flag is --preset NAME.
-    preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets)",
+    preset: str = setting("", "start from a named bundle of settings; flags given still win (see --list-presets); "
+                          "with none and no model flag, a run with a time budget is --preset auto",
                           metavar="NAME", shown="", flag=False)
     # What --preset auto chose and why (auto.py): set by the run, recorded in config.json.
     auto: dict = setting({}, "the automatic choice of --preset auto, made when the run starts", shown="",
