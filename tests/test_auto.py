@@ -246,3 +246,14 @@ def test_a_rung_disturbed_while_timed_is_timed_again():
     clean, found_clean, _ = choose({}, 150, 1e6, machine(3e11), clock=still)
     assert seen.count("2x384") == 2  # timed again once the 2 x 512 read faster per character
     assert [o.step_seconds for o in found] == [o.step_seconds for o in found_clean] and chosen == clean
+
+
+def test_the_evaluations_of_a_run_are_paid_for_in_its_characters():
+    rung = LADDER[auto.KEEP]
+    quiet = auto.evaluate_option(rung.name, rung.settings(), 1903554, 0.15, 150, 1e6, {})
+    evals = auto.evaluate_option(rung.name, rung.settings(), 1903554, 0.15, 150, 1e6, {}, eval_every=100)
+    # An evaluation reads the validation split (1e6 / 9 characters) at about a training step's
+    # cost per character: 36 steps' worth every 100 steps leaves 100/136 of the steps.
+    an_eval = 1e6 / 9 / 3072 * 0.15
+    assert evals.chars / quiet.chars == pytest.approx(0.15 / (0.15 + an_eval / 100))
+    assert evals.chars < quiet.chars * 0.75

@@ -7,7 +7,7 @@ candidate: how many characters it will see in the budget, and what validation lo
 characters buy a model of its size.
 
 - The characters: `probe` times a few training steps of each rung on this machine, with the
-  run's dtype, threads, device and batch shape (the fastest of PROBE_STEPS), smallest first,
+  run's dtype, threads, device and batch shape (the median of PROBE_STEPS), smallest first,
   and stops when two rungs in a row predict worse than the best so far, when one does not fit
   in memory, or when it has used PROBE_SHARE of the budget; a rung that reads slower per
   character than a larger one is timed again. Its seconds count in the budget (the run's
@@ -155,12 +155,13 @@ NOMINAL_VOCAB = 66  # the parameters are counted with tiny Shakespeare's vocabul
 # A rung that would make fewer steps than this is not chosen: its warmup (50 steps) and cosine
 # have no room, and the law, fitted on runs of at least this many steps, does not hold there.
 MIN_STEPS = 150
-# Steps of the run's own shape per candidate: untimed, then timed. Timing 2 steps of 32
-# characters and scaling them (this module's first probe) read a 2 x 384's pace on 2 threads
-# as 10,000-17,000 chars/s where the run makes 23,000-25,000, and chose a 1 x 256 for the
-# default run (windows loss 1.520 against the 2 x 384's 1.480).
+# Steps of the run's own shape per candidate: untimed, then timed, the median taken. Timing 2
+# steps of 32 characters and scaling them (this module's first probe) read a 2 x 384's pace on
+# 2 threads as 10,000-17,000 chars/s where the run makes 23,000-25,000, and chose a 1 x 256 for
+# the default run (windows loss 1.520 against the 2 x 384's 1.480); the fastest of 3 read a
+# 2 x 256 on 2 threads at 31,000-41,000 chars/s where its runs made 25,000-27,000.
 PROBE_WARMUP = 2
-PROBE_STEPS = 3
+PROBE_STEPS = 5
 PROBE_SHARE = 0.05  # the probe stops adding candidates once it has used this share of the budget
 # Of the budget left after the probe and the final evaluation, the share spent training steps:
 # the rest goes to the resume point, logging and the step target's safety margin.
@@ -205,14 +206,16 @@ def _name(s: dict) -> str:
 
 def evaluate_option(name: str, settings: dict, params: int, step_seconds: float, seconds: float,
                     train_chars: float, given: dict, law: Law = LAW, val_fraction: float = 0.1,
-                    curves: dict | None = None) -> Option:
-    """What `settings` would reach in `seconds` at `step_seconds` a step, the final evaluation
-    paid for: the characters seen, the regularisation for the passes they make, the predicted
-    loss (the rung's curve when it is a rung with one, else the law)."""
+                    curves: dict | None = None, eval_every: int = 0) -> Option:
+    """What `settings` would reach in `seconds` at `step_seconds` a step, the evaluations paid
+    for (the final one, and one every `eval_every` steps): the characters seen, the
+    regularisation for the passes they make, the predicted loss (the rung's curve when it is a
+    rung with one, else the law)."""
     curves = CURVES if curves is None else curves
     val_chars = train_chars * val_fraction / (1 - val_fraction)
-    final_eval = val_chars / (settings["batch_size"] * settings["seq_len"]) * step_seconds * EVAL_COST
-    steps = max(0.0, seconds - final_eval) * TRAINING_SHARE / step_seconds
+    an_eval = val_chars / (settings["batch_size"] * settings["seq_len"]) * step_seconds * EVAL_COST
+    per_step = step_seconds + (an_eval / eval_every if eval_every else 0.0)
+    steps = max(0.0, seconds - an_eval) * TRAINING_SHARE / per_step
     chars = steps * settings["batch_size"] * settings["seq_len"]
     reg = {k: v for k, v in regularisation(chars / max(train_chars, 1.0), params).items() if k not in given}
     rung = next((c.name for c in LADDER if c.settings() == settings), None)  # a rung as run on the grid
@@ -250,7 +253,7 @@ Measure = Callable[[dict], "tuple[int, float | None]"]  # settings -> (parameter
 
 def choose(given: dict, budget: float, train_chars: float, measure: Measure,
            clock: Callable[[], float] = time.perf_counter, law: Law = LAW,
-           val_fraction: float = 0.1) -> tuple[Option, list[Option], float]:
+           val_fraction: float = 0.1, eval_every: int = 0) -> tuple[Option, list[Option], float]:
     """Time the candidates smallest first (`measure`) and pick the lowest predicted loss for
     `budget` seconds; (the choice, every candidate timed, seconds the probe took). Given the
     step times `measure` returns, the choice is the same whatever the clock says, unless the
@@ -261,7 +264,8 @@ def choose(given: dict, budget: float, train_chars: float, measure: Measure,
 
     def option(i: int, step: float) -> Option:
         name, settings, params = timed[i]
-        return evaluate_option(name, settings, params, step, seconds, train_chars, given, law, val_fraction)
+        return evaluate_option(name, settings, params, step, seconds, train_chars, given, law, val_fraction,
+                               eval_every=eval_every)
 
     for name, settings in options(given):
         params, step = measure(settings)
@@ -307,9 +311,9 @@ def probe(model_config: ModelConfig, cfg: TrainConfig, device: torch.device, wor
 
 
 def _step_seconds(mc: ModelConfig, c: TrainConfig, device: torch.device, rows: int) -> float:
-    """Seconds of a training step of the run's shape: the fastest of PROBE_STEPS timed steps
+    """Seconds of a training step of the run's shape: the median of PROBE_STEPS timed steps
     after PROBE_WARMUP untimed ones (the first steps of a shape are slow: allocation, kernels
-    chosen; the fastest is nearest the steady pace of a run)."""
+    chosen; the median is nearer the pace a run keeps than the fastest)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(mc).to(device)
@@ -329,7 +333,7 @@ def _step_seconds(mc: ModelConfig, c: TrainConfig, device: torch.device, rows: i
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             times.append(_now(device) - t0)
-    return min(times[PROBE_WARMUP:])
+    return sorted(times[PROBE_WARMUP:])[PROBE_STEPS // 2]
 
 
 def _now(device: torch.device) -> float:
@@ -364,7 +368,8 @@ def settle(model_config: ModelConfig, cfg: TrainConfig, given: dict, dist: Dist,
             return None
         train_chars = corpus_chars(cfg)
         m = measure or probe(model_config, cfg, device, dist.world_size)
-        chosen, found, seconds = choose(given, cfg.max_time, train_chars, m, val_fraction=cfg.val_fraction)
+        chosen, found, seconds = choose(given, cfg.max_time, train_chars, m, val_fraction=cfg.val_fraction,
+                                        eval_every=cfg.eval_every)
         return {"chosen": chosen.name, "index": found.index(chosen), "settings": chosen.settings,
                 "budget": cfg.max_time, "probe_seconds": round(seconds, 3), "train_chars": round(train_chars),
                 "dtype": cfg.dtype, "threads": torch.get_num_threads(), "candidates": [o.record() for o in found],
