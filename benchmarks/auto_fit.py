@@ -166,8 +166,9 @@ def main() -> None:
     cells = defaultdict(list)
     for r in rows:
         cells[(r["machine"], r["budget"])].append(r)
-    out = ["| machine | budget | grid (windows loss per rung) | grid best | fixed 2x384 | auto: chose | auto | auto - best | auto - fixed |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| machine | budget | grid (windows loss per rung) | grid best | fixed 2x384 | auto: chose | its rung on the grid "
+           "(- best) | auto run | its pace / the grid rung's | auto run - best | auto run - fixed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (machine, budget), rs in sorted(cells.items()):
         g = [r for r in rs if not r["auto"]]
         a = [r for r in rs if r["auto"]]
@@ -182,10 +183,14 @@ def main() -> None:
             x = a[-1]
             rec = x.get("auto_record") or _record(x["run"])
             probe = f", probe {rec['probe_seconds']:.1f} s" if rec else ""
-            cell += [f"{x['size']} (drop {x['dropout']}{probe})", f"**{x['windows']:.4f}**", f"{x['windows'] - best['windows']:+.4f}",
+            same = next((r for r in g if r["size"] == x["size"]), None)  # the chosen rung's own grid run
+            cell += [f"{x['size']} (drop {x['dropout']}{probe})",
+                     f"{same['windows']:.4f} ({same['windows'] - best['windows']:+.4f})" if same else "not in the grid",
+                     f"**{x['windows']:.4f}**", f"{x['cps'] / same['cps']:.2f}" if same else "",
+                     f"{x['windows'] - best['windows']:+.4f}",
                      f"{x['windows'] - fixed['windows']:+.4f}" if fixed else "n/a"]
         else:
-            cell += ["not run", "", "", ""]
+            cell += ["not run", "", "", "", "", ""]
         out.append("| " + " | ".join(cell) + " |")
     text = "\n".join(out)
     print("\nthe law's pick from each cell's measured characters (in-sample), and its regret:")
