@@ -30,35 +30,37 @@ CURVE_RUNS = 4  # a rung gets its own curve from this many runs
 PLATEAU = 2.5  # nats: a run above this has learnt little more than character frequencies (unigram ~3.3)
 
 
-def _fit_from(start: list[float], P, C, L) -> tuple[float, torch.Tensor]:
-    """Least squares from one start; e free, the other four positive (fitted as logarithms)."""
-    raw = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+def _least_squares(predict, L: torch.Tensor, starts: list[list[float]], rounds: int, max_iter: int
+                   ) -> tuple[float, torch.Tensor]:
+    """The lowest mean squared error of `predict(raw)` against L from any of the starts (LBFGS)."""
+    best = None
+    for start in starts:
+        raw = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([raw], max_iter=max_iter, line_search_fn="strong_wolfe")
 
-    def mse() -> torch.Tensor:
-        e, a, alpha, b, beta = raw[0], raw[1].exp(), raw[2].exp(), raw[3].exp(), raw[4].exp()
-        return ((e + a * P ** -alpha + b * C ** -beta - L) ** 2).mean()
+        def closure(raw=raw, opt=opt) -> torch.Tensor:
+            opt.zero_grad()
+            v = ((predict(raw) - L) ** 2).mean()
+            v.backward()
+            return v
 
-    opt = torch.optim.LBFGS([raw], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        v = mse()
-        v.backward()
-        return v
-
-    for _ in range(5):
-        opt.step(closure)
-    return float(mse().detach()), raw.detach()
+        for _ in range(rounds):
+            opt.step(closure)
+        v = float(((predict(raw) - L) ** 2).mean().detach())
+        if math.isfinite(v) and (best is None or v < best[0]):
+            best = (v, raw.detach().clone())
+    return best
 
 
 def fit(rows: list[dict]) -> tuple[Law, float]:
+    """The law: e free, the other four positive (fitted as logarithms)."""
     P = torch.tensor([r["params"] / 1e6 for r in rows], dtype=torch.float64)
     C = torch.tensor([r["chars"] / 1e6 for r in rows], dtype=torch.float64)
     L = torch.tensor([r["windows"] for r in rows], dtype=torch.float64)
     starts = [[e0, math.log(0.2), math.log(alpha0), math.log(0.5), math.log(beta0)]
               for e0 in (0.8, 1.0, 1.2) for alpha0 in (0.3, 0.6) for beta0 in (0.3, 0.6)]
-    fits = [f for f in (_fit_from(s, P, C, L) for s in starts) if math.isfinite(f[0])]
-    v, raw = min(fits, key=lambda f: f[0])
+    v, raw = _least_squares(lambda r: r[0] + r[1].exp() * P ** -r[2].exp() + r[3].exp() * C ** -r[4].exp(),
+                            L, starts, rounds=5, max_iter=500)
     law = Law(e=float(raw[0]), a=float(raw[1].exp()), alpha=float(raw[2].exp()), b=float(raw[3].exp()),
               beta=float(raw[4].exp()))
     return law, math.sqrt(v)
@@ -68,29 +70,8 @@ def fit_curve(rows: list[dict]) -> tuple[Curve, float]:
     """One rung's e + b / C^beta by least squares from several starts (b and beta positive)."""
     C = torch.tensor([r["chars"] / 1e6 for r in rows], dtype=torch.float64)
     L = torch.tensor([r["windows"] for r in rows], dtype=torch.float64)
-    best = None
-    for e0 in (1.2, 1.35, 1.45):
-        for b0 in (0.2, 0.5):
-            for beta0 in (0.5, 1.0):
-                raw = torch.tensor([e0, math.log(b0), math.log(beta0)], dtype=torch.float64, requires_grad=True)
-
-                def mse(raw=raw) -> torch.Tensor:
-                    return ((raw[0] + raw[1].exp() * C ** -raw[2].exp() - L) ** 2).mean()
-
-                opt = torch.optim.LBFGS([raw], max_iter=300, line_search_fn="strong_wolfe")
-
-                def closure(opt=opt, mse=mse) -> torch.Tensor:
-                    opt.zero_grad()
-                    v = mse()
-                    v.backward()
-                    return v
-
-                for _ in range(3):
-                    opt.step(closure)
-                v = float(mse().detach())
-                if math.isfinite(v) and (best is None or v < best[0]):
-                    best = (v, raw.detach().clone())
-    v, raw = best
+    starts = [[e0, math.log(b0), math.log(beta0)] for e0 in (1.2, 1.35, 1.45) for b0 in (0.2, 0.5) for beta0 in (0.5, 1.0)]
+    v, raw = _least_squares(lambda r: r[0] + r[1].exp() * C ** -r[2].exp(), L, starts, rounds=3, max_iter=300)
     return Curve(e=float(raw[0]), b=float(raw[1].exp()), beta=float(raw[2].exp()),
                  seen=max(r["chars"] for r in rows)), math.sqrt(v)
 
