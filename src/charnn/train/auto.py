@@ -1,8 +1,9 @@
 """--preset auto: the model for this machine and this budget.
 
 LADDER is the candidates, smallest first: each a model size with the batch shape and peak
-learning rate that suit it (the 2 x 384 rung is the fixed model of `charnn train`, which does
-not take --preset auto unless asked: presets.py says why). The choice needs two things per
+learning rate that suit it (the 2 x 384 rung is the fixed model: the model flags' defaults,
+kept unless another is clearly better). A new run with a time budget and no preset or model
+flag is --preset auto (presets.uses_auto). The choice needs two things per
 candidate: how many characters it will see in the budget, and what validation loss that many
 characters buy a model of its size.
 
