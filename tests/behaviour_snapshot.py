@@ -38,7 +38,9 @@ TEXT = (
     "First Citizen: we are accounted poor citizens, the patricians good.\n"
 ) * 60
 TIMING = re.compile(r"\d[\d,]*(\.\d+)?\s*(s|ms|min|chars/s|characters/s)\b|\d+ min \d+(\.\d+)? s|\d+:\d\d(:\d\d)?")
-MASKED_KEYS = {"time", "chars_per_s", "wall_time", "elapsed", "seconds", "created", "id", "system_fingerprint"}
+# Timing: wall-clock readings, and the resume point's record of the run's pace (train/budget.py).
+MASKED_KEYS = {"time", "chars_per_s", "wall_time", "elapsed", "seconds", "created", "id", "system_fingerprint",
+               "step_times", "eval_seconds", "eval_probe", "save_seconds", "since", "probe_seconds", "step_seconds"}
 
 TRAIN = ["--model", "lstm", "--hidden", "24", "--embed", "8", "--layers", "2", "--batch-size", "4",
          "--seq-len", "16", "--eval-every", "10", "--log-every", "5", "--dtype", "float32",
