@@ -145,7 +145,7 @@ CURVES: dict[str, Curve] = {
 }
 # The fixed model (cpu-2min's 2 x 384, `charnn train`'s model before auto) is kept unless another
 # rung is predicted better by more than this: the probe's reading of a rung's pace is +-20 %
-# of a run's on a shared CPU, and the law's error 0.025 nats, larger than the gains it would
+# of a run's on a shared CPU, and the law's error 0.024 nats, larger than the gains it would
 # chase. With the law alone, the 10-minute one-core choices were a 2 x 256 predicted 0.016
 # better; the margin kept the 2 x 384 (the grid's best on bfloat16, 1.434 against 1.447).
 KEEP = 2  # LADDER index of the fixed model

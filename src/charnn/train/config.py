@@ -6,9 +6,9 @@ messages all come from it. resolve() layers them: the field defaults <- a preset
 settings given, the model's taken from the parent run when fine-tuning (--init-from,
 finetune.py), --preset auto when no preset and no model flag is given (presets.uses_auto:
 auto.py then chooses the model when the run starts); or, for `--resume`, the run's saved
-settings <- the few that may change. It refuses a resume that would train a run from step 0 over what it holds
-(check_resumable), and sizes that cannot fit in memory (check_memory), before anything
-is read or built.
+settings <- the few that may change. It refuses a resume that would train a run from step 0
+over what it holds (check_resumable), and sizes that cannot fit in memory (check_memory),
+before anything is read or built.
 Imports data, models, checkpoint, devices and settings; nothing of the loop.
 """
 

@@ -6,7 +6,10 @@ win. Each entry is a description and settings named like ModelConfig / TrainConf
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from charnn.errors import CharnnError
+from charnn.models import ModelConfig
 
 PRESETS: dict[str, tuple[str, dict]] = {
     # Not a fixed bundle: the run times a ladder of LSTMs on this machine and takes the one a
@@ -86,9 +89,9 @@ def format_presets() -> str:
     return "\n".join(lines)
 
 
-# Given any of these, a run without a preset builds the model the flags describe, not auto's choice.
-MODEL_FLAGS = frozenset({"model", "layers", "hidden", "embed", "input", "block", "expand", "mlp", "conv",
-                         "batch_size", "seq_len"})
+# Given any of these (every model setting but dropout, and the batch's shape), a run without a
+# preset builds the model the flags describe, not auto's choice.
+MODEL_FLAGS = frozenset({f.name for f in fields(ModelConfig)} - {"vocab_size", "dropout"} | {"batch_size", "seq_len"})
 
 
 def uses_auto(given: dict) -> bool:
