@@ -25,6 +25,7 @@ from charnn.cli import build_parser
 from charnn.cli.common import given_settings
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
+from common import machine
 
 
 class AveragingTrainer(Trainer):
@@ -62,13 +63,13 @@ def main() -> None:
     summary = trainer.run()
     run = Path(args.out)
     result = {"settings": flags, "steps": summary.step, "chars_per_s": round(summary.chars_per_s),
-              "final": round(windows_loss(run), 4), "cpu": _cpu()}
+              "final": round(windows_loss(run), 4), "machine": machine()}
     final = [p.detach().clone() for p in trainer.model.parameters()]
     for d, avg in trainer.averages.items():
         twin = run.parent / f"{run.name}-ema{d}"
         shutil.rmtree(twin, ignore_errors=True)
         twin.mkdir()
-        for name in (checkpoint.CONFIG, "vocab.json"):
+        for name in (checkpoint.CONFIG, checkpoint.VOCAB):
             shutil.copy(run / name, twin / name)
         with torch.no_grad():
             for p, a in zip(trainer.model.parameters(), avg):
@@ -79,14 +80,6 @@ def main() -> None:
         for p, f in zip(trainer.model.parameters(), final):
             p.copy_(f)
     print(json.dumps(result))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            amx = "amx_bf16" in Path("/proc/cpuinfo").read_text()
-            return f"{line.split(':', 1)[1].strip()}, {'AMX' if amx else 'no AMX'}, {torch.get_num_threads()} threads"
-    return "unknown"
 
 
 if __name__ == "__main__":
