@@ -173,7 +173,8 @@ def test_auto_is_the_default_of_a_time_budget_and_flags_given_with_it_still_win(
     assert resolve({**base, "max_time": 60, "dtype": "float32", "dropout": 0.2})[1].preset == "auto"
     # A model or batch flag, a step or epoch limit, a parent run or documents: the flags' model.
     for other in ({"hidden": 512}, {"layers": 1}, {"model": "gru"}, {"batch_size": 64}, {"seq_len": 128},
-                  {"max_steps": 100}, {"epochs": 1}, {"documents": "lines"}, {"preset": "cpu-2min"}):
+                  {"batching": "windows"}, {"reset_prob": 0.0}, {"max_steps": 100}, {"epochs": 1},
+                  {"documents": "lines"}, {"preset": "cpu-2min"}):
         model, cfg = resolve({**base, **other})
         assert cfg.preset == other.get("preset", ""), other
     model, cfg = resolve({**base, "preset": "auto", "max_time": 60, "lr": 1e-3})

@@ -89,9 +89,11 @@ def format_presets() -> str:
     return "\n".join(lines)
 
 
-# Given any of these (every model setting but dropout, and the batch's shape), a run without a
-# preset builds the model the flags describe, not auto's choice.
-MODEL_FLAGS = frozenset({f.name for f in fields(ModelConfig)} - {"vocab_size", "dropout"} | {"batch_size", "seq_len"})
+# Given any of these (every model setting but dropout, and the batches' shape and layout, which
+# auto's curves were measured with), a run without a preset builds the model the flags
+# describe, not auto's choice.
+MODEL_FLAGS = frozenset({f.name for f in fields(ModelConfig)} - {"vocab_size", "dropout"}
+                        | {"batch_size", "seq_len", "batching", "reset_prob"})
 
 
 def uses_auto(given: dict) -> bool:
