@@ -1,6 +1,7 @@
 """Peak memory (resident set size) of training and of sampling, each in a fresh process.
 
-    python benchmarks/memory.py --preset cpu-10min     # the 2x512 preset: 60 training steps
+    python benchmarks/memory.py --preset cpu-10min     # 60 training steps of the preset (an LSTM 2x384;
+                                                       # BENCHMARKS' figure: its 2x512 before 2026-12-02)
     python benchmarks/memory.py --quick
 """
 

@@ -1,7 +1,7 @@
 """Sampling speed: characters per second single-stream and batched, time to first character,
 and what int8 quantisation costs in bits per character.
 
-    python benchmarks/sample_speed.py --run runs/cpu-10min   # a trained run (LSTM 2x512 preset)
+    python benchmarks/sample_speed.py --run runs/cpu-10min   # a trained run (the LSTM 2x384 preset)
     python benchmarks/sample_speed.py --quick                # a smoke run on a tiny model
 
 Each path is timed in the same run against the baseline of stepping torch.nn.LSTM itself

@@ -30,14 +30,14 @@ PRESETS: dict[str, tuple[str, dict]] = {
          "batch_size": 32, "seq_len": 96, "lr": 6e-3, "reset_prob": 0.05, "max_time": 120.0,
          "eval_every": 500},
     ),
-    # Measured at 10 minutes (2 threads): 2 x 512 with dropout 0.35 and weight decay 0.1 scored
-    # 1.458 windows / 1.440 stateful, ahead of dropout 0.25 (1.461) and 2 x 384 (1.474); the
-    # train/validation gap says a longer budget needs more regularisation, hence cpu-30min's 0.4.
+    # Measured at 10 minutes (2 threads) on 2026-12-02 (BENCHMARKS.md "The 10-minute preset
+    # retuned"): 1.435 windows / 1.418 stateful at 15,180 chars/s (1.451 in a slower hour), where
+    # the 2 x 512 with dropout 0.35 this preset was before made 1.477 that night (1.458 on a
+    # faster day): a 2 x 384 makes ~1.6x its steps in the same minutes, worth more than the width.
     "cpu-10min": (
-        "best in 10 minutes on a 2-core CPU: 2-layer LSTM 512, stateful 32 x 128, dropout 0.35, wd 0.1",
-        {"model": "lstm", "layers": 2, "hidden": 512, "embed": 64, "dropout": 0.35, "weight_decay": 0.1,
-         "batch_size": 32, "seq_len": 128, "lr": 4e-3, "reset_prob": 0.05, "max_time": 600.0,
-         "eval_every": 500},
+        "best in 10 minutes on a 2-core CPU: 2-layer LSTM 384, stateful 32 x 96, dropout 0.25, wd 0.1",
+        {"model": "lstm", "layers": 2, "hidden": 384, "embed": 64, "dropout": 0.25, "weight_decay": 0.1,
+         "batch_size": 32, "seq_len": 96, "lr": 6e-3, "reset_prob": 0.05, "max_time": 600.0, "eval_every": 500},
     ),
     "cpu-30min": (
         "best in 30 minutes on a 2-core CPU: 2-layer LSTM 768, stateful 32 x 128, dropout 0.5, wd 0.1",
