@@ -7,8 +7,10 @@ machines are shared and noisy; absolute figures are printed too but not trusted 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def windows_loss(run: Path | str) -> float:
+    """The run's validation loss on the windows protocol, from `charnn eval` in a fresh process."""
+    out = subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), "--protocol", "windows", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["loss"]
 
 
 def timed(fn, seconds: float = 2.0, min_iters: int = 3) -> tuple[float, int]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ from charnn.models.fused import TorchCore
 from charnn.models.lm import CharLM
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
-from common import machine
+from common import machine, windows_loss
 
 
 def weight_drop(p: float):
@@ -82,12 +80,6 @@ def locked() -> None:
         return self.head(y * locked_mask(y, self.drop.p)), state
 
     TorchCore.forward, CharLM.forward = core_forward, lm_forward
-
-
-def windows_loss(run: Path) -> float:
-    out = subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), "--protocol", "windows", "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["loss"]
 
 
 def main() -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from charnn.cli import build_parser
 from charnn.cli.common import given_settings
 from charnn.train.config import resolve
 from charnn.train.loop import Trainer
-from common import machine
+from common import machine, windows_loss
 
 
 class AveragingTrainer(Trainer):
@@ -41,12 +39,6 @@ class AveragingTrainer(Trainer):
             for d, avg in self.averages.items():
                 torch._foreach_lerp_(avg, [p.detach() for p in self.model.parameters()], 1 - d)
         return loss
-
-
-def windows_loss(run: Path) -> float:
-    out = subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), "--protocol", "windows", "--json"],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["loss"]
 
 
 def main() -> None:
