@@ -21,6 +21,19 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
+def train_config(flags: list[str], out: str) -> tuple[list[str], tuple]:
+    """`charnn train FLAGS --out OUT --quiet` resolved as the command line resolves it. FLAGS may
+    start with the `--` that ends a script's own options. Returns the flags and (ModelConfig,
+    TrainConfig)."""
+    from charnn.cli import build_parser
+    from charnn.cli.common import given_settings
+    from charnn.train.config import resolve
+
+    flags = flags[1:] if flags[:1] == ["--"] else flags
+    args = build_parser().parse_args(["train", *flags, "--out", out, "--quiet"])
+    return flags, resolve(given_settings(args, "resume", "quiet", "list_presets"))
+
+
 def windows_loss(run: Path | str) -> float:
     """The run's validation loss on the windows protocol, from `charnn eval` in a fresh process."""
     out = subprocess.run([sys.executable, "-m", "charnn", "eval", str(run), "--protocol", "windows", "--json"],

@@ -27,13 +27,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from charnn.cli import build_parser
-from charnn.cli.common import given_settings
 from charnn.models.fused import TorchCore
 from charnn.models.lm import CharLM
-from charnn.train.config import resolve
 from charnn.train.loop import Trainer
-from common import machine, windows_loss
+from common import machine, train_config, windows_loss
 
 
 def weight_drop(p: float):
@@ -94,9 +91,7 @@ def main() -> None:
         weight_drop(float(args.variant.split(":", 1)[1]))
     elif args.variant != "none":
         ap.error(f"--variant must be none, locked or weight-drop:P, got {args.variant!r}")
-    flags = args.train[1:] if args.train[:1] == ["--"] else args.train
-    train_args = build_parser().parse_args(["train", *flags, "--out", args.out, "--quiet"])
-    model_config, cfg = resolve(given_settings(train_args, "resume", "quiet", "list_presets"))
+    flags, (model_config, cfg) = train_config(args.train, args.out)
     summary = Trainer(model_config, cfg, progress=False).run()
     print(json.dumps({"variant": args.variant, "settings": flags, "steps": summary.step,
                       "chars_per_s": round(summary.chars_per_s), "stateful": round(summary.val_loss, 4),

@@ -19,11 +19,8 @@ from pathlib import Path
 import torch
 
 from charnn import checkpoint
-from charnn.cli import build_parser
-from charnn.cli.common import given_settings
-from charnn.train.config import resolve
 from charnn.train.loop import Trainer
-from common import machine, windows_loss
+from common import machine, train_config, windows_loss
 
 
 class AveragingTrainer(Trainer):
@@ -47,9 +44,7 @@ def main() -> None:
     ap.add_argument("--decays", type=float, nargs="+", default=[0.99, 0.995, 0.998, 0.999])
     ap.add_argument("train", nargs=argparse.REMAINDER, help="-- then charnn train flags")
     args = ap.parse_args()
-    flags = args.train[1:] if args.train[:1] == ["--"] else args.train
-    train_args = build_parser().parse_args(["train", *flags, "--out", args.out, "--quiet"])
-    model_config, cfg = resolve(given_settings(train_args, "resume", "quiet", "list_presets"))
+    flags, (model_config, cfg) = train_config(args.train, args.out)
     AveragingTrainer.decays = tuple(args.decays)
     trainer = AveragingTrainer(model_config, cfg, progress=False)
     summary = trainer.run()
