@@ -96,6 +96,33 @@ def chars_per_s(stepper, vocab: int, batch: int, length: int, per_chunk: int = 1
     return best
 
 
+def products_alone(stepper, seconds: float) -> float:
+    """Characters per second of a step that did nothing but its matrix products: the torch
+    step's Linear layers (float32 or int8) called in order on one row, at batch 1. The
+    ceiling torch's own kernels put on that path, whatever the rest of the step costs; 0 for
+    a path that is not a torch module (ONNX Runtime)."""
+    module = getattr(stepper, "_module", None)
+    layers = [m for m in module.modules() if hasattr(m, "in_features")] if module is not None else []
+    if not layers:
+        return 0.0
+    inputs = [torch.randn(1, m.in_features) for m in layers]
+
+    def step():
+        for m, x in zip(layers, inputs):
+            m(x)
+
+    best = 0.0
+    with torch.inference_mode():
+        step()
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            for _ in range(10):
+                step()
+            best = max(best, 10 / (time.perf_counter() - t))
+    return best
+
+
 def quality(lm, steppers: dict, run: str, chars: int) -> dict[str, float]:
     """Stateful loss (nats/char) of each path, stepwise on the run's validation text."""
     from charnn.checkpoint import read_run
@@ -112,6 +139,7 @@ def measure(name: str, lm, args) -> dict:
     sizes = {p: bytes_per_char(lm, p) for p, _ in steppers.values()}
     bw = {p: {"copy": 0.0, "mv": 0.0} for p in sizes}
     speed = {k: {1: 0.0, 32: 0.0} for k in steppers}
+    alone = {k: 0.0 for k in steppers}
     for r in range(args.rounds):
         for precision, nbytes in sizes.items():
             got = bandwidth(nbytes, args.bandwidth_seconds)
@@ -119,6 +147,7 @@ def measure(name: str, lm, args) -> dict:
         for path, (_, stepper) in steppers.items():
             for streams, length in ((1, args.length), (32, max(20, args.length // 10))):
                 speed[path][streams] = max(speed[path][streams], chars_per_s(stepper, vocab, streams, length))
+            alone[path] = max(alone[path], products_alone(stepper, args.bandwidth_seconds))
         print(f"{name}: round {r + 1}/{args.rounds} done", flush=True)
     losses = quality(lm, steppers, args.run, args.eval_chars) if args.run and name == "run" else {}
     rows = []
@@ -129,6 +158,7 @@ def measure(name: str, lm, args) -> dict:
             "model": name, "path": path, "precision": precision, "bytes_per_char": sizes[precision],
             "bandwidth_copy": bw[precision]["copy"], "bandwidth_mv": bw[precision]["mv"], "bandwidth": best,
             "limit_1": limit, "chars_per_s_1": speed[path][1], "of_limit_1": speed[path][1] / limit,
+            "products_alone_1": alone[path] or None, "products_of_limit_1": alone[path] / limit or None,
             "limit_32": 32 * limit, "chars_per_s_32": speed[path][32], "of_limit_32": speed[path][32] / (32 * limit),
             "val_loss": losses.get(path),
         })
@@ -143,14 +173,18 @@ def markdown(results: list[dict], args) -> str:
                 r["model"], f"`{r['path']}`", f"{r['bytes_per_char'] / 1e6:.2f} MB",
                 f"{r['bandwidth_copy'] / 1e9:.1f} / {r['bandwidth_mv'] / 1e9:.1f}",
                 f"{r['limit_1']:,.0f}", f"{r['chars_per_s_1']:,.0f}", f"**{r['of_limit_1']:.2f}**",
+                f"{r['products_alone_1']:,.0f} ({r['products_of_limit_1']:.2f})" if r["products_alone_1"] else "-",
                 f"{r['chars_per_s_32']:,.0f}", f"{r['of_limit_32']:.2f}",
             ])
     body = ("Limit = bandwidth / bytes of weights read per character; bandwidth = the best of a copy "
             "and a matrix-vector product over an array of that many bytes (GB/s shown as copy / mv). "
             f"Whole sampling loop, temperature 1, after a {PRIME}-character prime; the best stretch of "
-            f"10 steps in {args.rounds} interleaved rounds; random weights, vocabulary 65.\n\n"
+            f"10 steps in {args.rounds} interleaved rounds; random weights, vocabulary 65. "
+            "Matrix products alone: a torch path's step with nothing but its Linear layers, one row each, "
+            "in order: the ceiling torch's own kernels put on that path.\n\n"
             + table(["model", "path", "weights read / char", "bandwidth GB/s", "1-stream limit chars/s",
-                     "1 stream chars/s", "of limit", "32 streams chars/s", "of 32x limit"], rows))
+                     "1 stream chars/s", "of limit",
+                     "matrix products alone chars/s (of limit)", "32 streams chars/s", "of 32x limit"], rows))
     scored = [r for m in results for r in m["paths"] if r["val_loss"] is not None]
     if scored:
         ref = scored[0]["val_loss"]
