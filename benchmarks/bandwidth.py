@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from charnn.errors import CharnnError
 from charnn.infer.onnx import onnx_available
 from charnn.infer.sampling import generate
 from charnn.infer.steps import FusedStep, Stepper, make_stepper
@@ -43,6 +44,10 @@ BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
 def paths(lm) -> dict[str, tuple[str, object]]:
     """The sampling paths charnn has for this model: name -> (weight precision, stepper)."""
     out = {"torch": ("float32", Stepper(lm, "torch")), "torch --quantize int8": ("int8", make_stepper(lm, "torch", "int8"))}
+    try:
+        out["native"] = ("float32", make_stepper(lm, "native"))
+    except CharnnError as e:  # no C compiler here: the path is left out, and said why
+        print(f"native path left out: {e}")
     if onnx_available():
         out["onnx"] = ("float32", make_stepper(lm, "onnx", "none"))
         out["onnx --quantize int8"] = ("int8", make_stepper(lm, "onnx", "int8"))
@@ -100,8 +105,8 @@ def products_alone(stepper, seconds: float) -> float:
     """Characters per second of a step that did nothing but its matrix products: the torch
     step's Linear layers (float32 or int8) called in order on one row, at batch 1. The
     ceiling torch's own kernels put on that path, whatever the rest of the step costs; 0 for
-    a path that is not a torch module (ONNX Runtime)."""
-    module = getattr(stepper, "_module", None)
+    a path that is not torch's (ONNX Runtime, the native kernel)."""
+    module = getattr(stepper, "_module", None) if getattr(stepper, "backend", "") == "torch" else None
     layers = [m for m in module.modules() if hasattr(m, "in_features")] if module is not None else []
     if not layers:
         return 0.0

@@ -49,7 +49,8 @@ class SampleCommand(SampleConfig):
     num_samples: int = setting(1, "samples to generate, sample i with seed + i", positive=True)
     device: str = setting("cpu", "torch device")
     backend: str = setting("auto", "sampling engine: auto = ONNX Runtime when the run has an export "
-                           "(charnn export; same numbers, faster), else torch", choices=BACKENDS)
+                           "(charnn export; same numbers, faster), else torch; native = one LSTM stream "
+                           "in a C kernel compiled on first use (needs a C compiler; faster)", choices=BACKENDS)
     quantize: str = setting("none", "int8 = dynamically quantised weights: faster, slightly lower quality",
                             choices=QUANTIZE)
     novelty: bool = setting(False, "say how much of each sample is copied from the training text: the "

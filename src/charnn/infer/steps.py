@@ -11,6 +11,8 @@ same weights with the fewest possible ops:
 - the head is one more matmul.
 
 Backends (`make_stepper`): "torch" runs that step in PyTorch (float32, exact to rounding);
+"native" runs one LSTM stream's step as one call into a small C kernel (infer.native),
+compiled on first use, near the memory-bandwidth limit (batches still go to torch);
 "onnx" runs the same step graph under ONNX Runtime, whose per-op overhead is lower, and with
 `quantize="int8"` its dynamically quantised int8 version (weights int8, activations
 quantised on the fly), which reads 4x fewer bytes per character, at a quality cost measured
@@ -43,7 +45,7 @@ from charnn.infer.onnx import (
 from charnn.models.fused import TorchCore
 from charnn.models.lm import CharLM, state_tensors
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "native")
 QUANTIZE = ("none", "int8")
 
 
@@ -199,6 +201,11 @@ class Stepper:
         else:
             module = step_module(lm).to(self.device)
             self._module = int8_module(module) if quantize == "int8" else module
+        self._native = None
+        if backend == "native":
+            from charnn.infer.native import NativeLSTMStep
+
+            self._native = NativeLSTMStep(self._module)
 
     def __call__(self, ids: torch.Tensor, state=None):
         return self.lm(ids, state)
@@ -206,8 +213,14 @@ class Stepper:
     def initial_state(self, batch_size: int):
         return self.lm.initial_state(batch_size)
 
-    @torch.inference_mode()
     def step(self, ids: torch.Tensor, state=None):
+        if self._native is not None and state is not None and ids.shape[0] == 1:
+            logits, h, c = self._native(ids, *state)  # one LSTM stream: the C kernel, no autograd
+            return logits, (h, c)
+        return self._step(ids, state)
+
+    @torch.inference_mode()
+    def _step(self, ids: torch.Tensor, state=None):
         if state is None:
             state = self.lm.initial_state(ids.shape[0])
         flat = state_tensors(state)
@@ -240,6 +253,7 @@ def make_stepper(
 ) -> Stepper:
     """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
 
+    "native" (opt-in, LSTM, float32, CPU) steps one stream in C, a batch in torch.
     auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
     step with less overhead per call) or int8 is asked for, else the torch fast path; "torch"
     with quantize="int8" is torch's own int8 step (CPU, LSTM/GRU/RNN). An export made here for
@@ -253,6 +267,10 @@ def make_stepper(
     if quantize == "int8" and backend == "torch" and not (on_cpu and isinstance(lm.core, TorchCore)):
         raise CharnnError("--backend torch --quantize int8 runs an LSTM, GRU or RNN on the CPU; "
                           "use --backend onnx, or --device cpu")
+    if backend == "native" and (quantize != "none" or not on_cpu or not isinstance(lm.core, TorchCore)
+                                or lm.core.kind != "lstm"):
+        raise CharnnError("--backend native runs one float32 LSTM stream on the CPU (no --quantize); "
+                          "use --backend torch or onnx")
     if backend == "onnx" and not on_cpu:
         raise CharnnError("the onnx backend runs on the CPU; use --device cpu or --backend torch")
     session = None

@@ -66,8 +66,8 @@ class ServeConfig:
     max_body: int = setting(1 << 20, "most bytes in a request body; beyond it: 413", positive=True)
     timeout: float = setting(300.0, "seconds a request may take, queueing included", gt=0)
     device: str = setting("cpu", "torch device: cpu, cuda, cuda:N, mps")
-    backend: str = setting("auto", "sampling engine: auto = ONNX Runtime when the run has an export, else torch",
-                           choices=BACKENDS)
+    backend: str = setting("auto", "sampling engine: auto = ONNX Runtime when the run has an export, else torch; "
+                           "native = one LSTM stream in a C kernel compiled on first use", choices=BACKENDS)
     quantize: str = setting("none", "int8 = dynamically quantised weights: faster, slightly lower quality",
                             choices=QUANTIZE)
     # 1 by default: the engine thread then keeps one core and the HTTP side the other; on a

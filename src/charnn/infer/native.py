@@ -1,0 +1,159 @@
+"""`--backend native`: one LSTM stream's step as one C call, near the memory-bandwidth limit.
+
+A one-stream step reads every weight once, so its floor is bandwidth / bytes of weights.
+torch's matrix products alone come close to it, but a step is ~30 separate torch calls and
+those cost as much again (BENCHMARKS.md, "Sampling against the memory-bandwidth limit").
+native_lstm.c does the whole step (both matrix products of every layer, the cells, the head)
+in one call, its rows split between torch's threads, and hands the logits back to the same
+draw as every other path: the same seed gives the same text up to float32 rounding (the
+sums run in another order, ~1e-7), as with ONNX Runtime.
+
+The kernel is compiled on first use by the machine's C compiler (`$CC`, else cc, gcc or
+clang; -O3 -march=native, OpenMP where the compiler has it) into the user's cache
+(`$XDG_CACHE_HOME/charnn/native`, else ~/.cache), named by a hash of the source, the
+compiler and the CPU, and written atomically; later loads reuse it. Float32 LSTMs on the
+CPU only; a batch of several streams goes to the torch step (there the products are
+matrix-matrix and torch is the faster). May import errors and files.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from charnn.errors import CharnnError
+from charnn.files import reason
+
+SOURCE = Path(__file__).with_name("native_lstm.c")
+# Tried in order: the last needs nothing but a C compiler (one thread, generic code).
+FLAG_SETS = (["-fopenmp", "-march=native"], ["-march=native"], [])
+BASE_FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC"]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_int), ("hidden", ctypes.c_int), ("vocab", ctypes.c_int)] + [
+        (name, ctypes.c_void_p) for name in ("table", "w0", "w", "b", "wh", "bh")
+    ]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charnn" / "native"
+
+
+def compiler() -> str:
+    """The C compiler to build with: $CC, else the first of cc, gcc, clang on the PATH."""
+    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
+    if not cc:
+        raise CharnnError("--backend native compiles a small C kernel on first use and found no C compiler "
+                          "(cc, gcc or clang; or set CC); use --backend torch")
+    return cc
+
+
+def _cpu() -> str:
+    """What -march=native depends on: the CPU's model and feature flags where Linux says them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(dict.fromkeys(lines))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _version(cc: str) -> str:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise CharnnError(f"--backend native: cannot run the C compiler {cc!r}: {reason(e)}; "
+                          f"set CC or use --backend torch") from None
+    return done.stdout + done.stderr
+
+
+def build() -> Path:
+    """The compiled kernel for this machine: from the cache, else compiled now (atomically)."""
+    cc = compiler()
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, _version(cc).encode(), _cpu().encode()])).hexdigest()[:20]
+    out = cache_dir() / f"lstm-{key}.so"
+    if out.is_file():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharnnError(f"--backend native: cannot create {out.parent}: {reason(e)}") from None
+    errors = ""
+    for flags in FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *BASE_FLAGS, *flags, str(SOURCE), "-o", tmp, "-lm"],
+                                  capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, out)  # concurrent builds each write their own file; either wins
+                return out
+            errors = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        except (OSError, subprocess.SubprocessError) as e:
+            errors = reason(e)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise CharnnError(f"--backend native: the C compiler {cc!r} could not build the kernel ({errors}); "
+                      f"use --backend torch")
+
+
+@cache
+def _library(path: str):
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise CharnnError(f"--backend native: cannot load {path}: {reason(e)}; delete it to rebuild") from None
+    fn = lib.charnn_lstm_step
+    fn.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
+    fn.restype = None
+    return fn
+
+
+class NativeLSTMStep:
+    """`(ids (1,), h (L, 1, H), c (L, 1, H)) -> (logits (1, V), h, c)` of a FusedStep of an
+    LSTM, run by native_lstm.c. Holds its own contiguous float32 copy of the weights."""
+
+    def __init__(self, step) -> None:
+        if step.kind != "lstm":
+            raise CharnnError(f"--backend native runs LSTMs; this model is a {step.kind}: use --backend torch")
+        with torch.no_grad():
+            parts = [step.table, step.first.weight] + [t for lin in step.deeper for t in (lin.weight, lin.bias)]
+            if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in parts):
+                raise CharnnError("--backend native runs float32 weights on the CPU; use --backend torch")
+            H, L = step.hidden, step.layers
+            deeper_w = [lin.weight for lin in step.deeper] or [torch.zeros(0)]
+            deeper_b = [lin.bias for lin in step.deeper] or [torch.zeros(0)]
+            self._keep = [t.detach().float().contiguous().clone() for t in (
+                step.table, step.first.weight, torch.cat([w.reshape(-1) for w in deeper_w]),
+                torch.cat([b.reshape(-1) for b in deeper_b]), step.head.weight, step.head.bias)]
+        self.layers, self.hidden, self.vocab = L, H, step.head.out_features
+        self._model = _Model(L, H, self.vocab, *(t.data_ptr() for t in self._keep))
+        self._ref = ctypes.byref(self._model)
+        self._fn = _library(str(build()))
+
+    def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        i = ids.item()
+        if not 0 <= i < self.vocab:
+            raise ValueError(f"id {i} outside the vocabulary (0..{self.vocab - 1})")
+        if h.dtype != torch.float32 or not h.is_contiguous():
+            h = h.float().contiguous()
+        if c.dtype != torch.float32 or not c.is_contiguous():
+            c = c.float().contiguous()
+        h_out, c_out = torch.empty_like(h), torch.empty_like(c)
+        logits, xh = torch.empty(1, self.vocab), torch.empty(2 * self.hidden)
+        self._fn(self._ref, i, h.data_ptr(), c.data_ptr(), h_out.data_ptr(), c_out.data_ptr(),
+                 logits.data_ptr(), xh.data_ptr(), torch.get_num_threads())
+        return logits, h_out, c_out

@@ -1,0 +1,140 @@
+"""--backend native: one LSTM stream's step in C equals the torch step, builds once, fails in one line."""
+
+import contextlib
+import io
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import charnn
+from charnn import cli
+from charnn.errors import CharnnError
+from charnn.infer import native
+from charnn.infer.sampling import generate
+from charnn.infer.steps import make_stepper
+from charnn.models import ModelConfig, build_model
+
+HAVE_CC = bool(os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang")))
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    """One kernel build for the module, in a cache of its own (not the user's ~/.cache)."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = tmp_path_factory.mktemp("xdg")
+        mp.setenv("XDG_CACHE_HOME", str(root))
+        yield root / "charnn" / "native"
+
+
+def lstm(layers, hidden=37, seed=0):
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(model="lstm", layers=layers, hidden=hidden, embed=5, vocab_size=13)).eval()
+
+
+def steps(stepper, lm, n=20):
+    """n steps from a random state, each fed the argmax of the last: the logits and states seen."""
+    torch.manual_seed(1)
+    state = tuple(torch.randn_like(t) for t in lm.initial_state(1))
+    ids, seen = torch.tensor([4]), []
+    with torch.inference_mode():
+        for _ in range(n):
+            logits, state = stepper.step(ids, state)
+            seen.append((logits, *state))
+            ids = logits.argmax(-1)
+    return seen
+
+
+@needs_cc
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_native_step_equals_torch_step(layers):
+    lm = lstm(layers)
+    for want, got in zip(steps(make_stepper(lm, "torch"), lm), steps(make_stepper(lm, "native"), lm)):
+        for a, b in zip(want, got):
+            assert a.shape == b.shape
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)  # float32 sums in another order
+
+
+@needs_cc
+def test_threads_do_not_change_the_numbers():
+    lm = lstm(2, hidden=41)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = steps(make_stepper(lm, "native"), lm)
+        torch.set_num_threads(2)
+        two = steps(make_stepper(lm, "native"), lm)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for x, y in zip(one, two) for a, b in zip(x, y))
+
+
+@needs_cc
+def test_batches_go_to_the_torch_step():
+    lm = lstm(2)
+    fast, plain = make_stepper(lm, "native"), make_stepper(lm, "torch")
+    state = tuple(torch.randn_like(t) for t in lm.initial_state(3))
+    ids = torch.tensor([1, 5, 7])
+    with torch.inference_mode():
+        a, sa = fast.step(ids, state)
+        b, sb = plain.step(ids, state)
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(sa, sb))
+
+
+@needs_cc
+def test_a_seed_samples_the_same_text_as_torch(tiny_run):
+    ref = charnn.load(tiny_run, backend="torch")
+    fast = charnn.load(tiny_run, backend="native")
+    ids = ref.prime_ids("ROMEO")
+    want = [int(x) for x in generate(ref.stepper, [ids], 200, temperature=0.9, seed=3, banned=ref.banned)]
+    got = [int(x) for x in generate(fast.stepper, [ids], 200, temperature=0.9, seed=3, banned=ref.banned)]
+    assert got == want
+
+
+@needs_cc
+def test_the_kernel_is_built_once_and_atomically(cache, monkeypatch):
+    native.build()  # built (by an earlier test, or now)
+    compiles = []
+    real = subprocess.run
+
+    def run(args, **kw):
+        if "-shared" in args:
+            compiles.append(args)
+        return real(args, **kw)
+
+    monkeypatch.setattr(native.subprocess, "run", run)
+    path = native.build()
+    assert compiles == [] and path.parent == cache and path.suffix == ".so"
+    assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_no_compiler_is_one_line(tiny_run, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = cli.main(["sample", str(tiny_run), "--backend", "native", "--length", "5", "--seed", "1"])
+    assert rc == 2 and len(err.getvalue().splitlines()) == 1, err.getvalue()
+    assert "C compiler" in err.getvalue() and "--backend torch" in err.getvalue()
+
+
+def test_a_failing_compiler_is_one_clear_error_and_leaves_nothing(monkeypatch, tmp_path):
+    cc = tmp_path / "broken-cc"
+    cc.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
+                  "echo 'fatal: out of cheese' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.raises(CharnnError, match="could not build the kernel \\(fatal: out of cheese\\)"):
+        native.build()
+    assert list((tmp_path / "xdg" / "charnn" / "native").iterdir()) == []
+
+
+@pytest.mark.parametrize("model, quantize", [("gru", "none"), ("rnn", "none"), ("lstm", "int8")])
+def test_what_native_does_not_run_is_refused(model, quantize):
+    lm = build_model(ModelConfig(model=model, layers=1, hidden=8, embed=5, vocab_size=13)).eval()
+    with pytest.raises(CharnnError, match="--backend native runs one float32 LSTM stream"):
+        make_stepper(lm, "native", quantize)
