@@ -14,7 +14,7 @@ from charnn import cli
 from charnn.errors import CharnnError
 from charnn.infer import native
 from charnn.infer.sampling import generate
-from charnn.infer.steps import make_stepper
+from charnn.infer.steps import FusedStep, make_stepper
 from charnn.models import ModelConfig, build_model
 
 HAVE_CC = bool(os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang")))
@@ -133,8 +133,40 @@ def test_a_failing_compiler_is_one_clear_error_and_leaves_nothing(monkeypatch, t
     assert list((tmp_path / "xdg" / "charnn" / "native").iterdir()) == []
 
 
-@pytest.mark.parametrize("model, quantize", [("gru", "none"), ("rnn", "none"), ("lstm", "int8")])
+@pytest.mark.parametrize("model, quantize", [("gru", "none"), ("rnn", "none"), ("gru", "int8")])
 def test_what_native_does_not_run_is_refused(model, quantize):
     lm = build_model(ModelConfig(model=model, layers=1, hidden=8, embed=5, vocab_size=13)).eval()
-    with pytest.raises(CharnnError, match="--backend native runs one float32 LSTM stream"):
+    with pytest.raises(CharnnError, match="--backend native runs one LSTM stream on the CPU"):
         make_stepper(lm, "native", quantize)
+
+
+@needs_cc
+@pytest.mark.parametrize("layers", [1, 2])
+def test_native_int8_is_the_dequantised_model_to_rounding(layers):
+    """--backend native --quantize int8 computes the float32 step of the weights it holds:
+    each matrix's int8 rows times their scales (quantize_rows)."""
+    lm = lstm(layers)
+    fast = make_stepper(lm, "native", "int8")
+    ref = FusedStep(lm)
+    with torch.no_grad():
+        for lin in [ref.first, *ref.deeper, ref.head]:
+            q, scale = native.quantize_rows(lin.weight)
+            lin.weight.copy_(q.float() * scale[:, None])
+
+    class Reference:
+        def step(self, ids, state):
+            logits, h, c = ref(ids, *state)
+            return logits, (h, c)
+
+    want_stepper = Reference()
+    for want, got in zip(steps(want_stepper, lm), steps(fast, lm)):
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+
+
+def test_quantize_rows_is_symmetric_per_row():
+    w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.5, -0.01]])
+    q, scale = native.quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert q.abs().amax(dim=1).tolist() == [127, 0, 127]  # the largest |w| of a row is 127; a zero row stays 0
+    assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7)

@@ -6,7 +6,9 @@ those cost as much again (BENCHMARKS.md, "Sampling against the memory-bandwidth 
 native_lstm.c does the whole step (both matrix products of every layer, the cells, the head)
 in one call, its rows split between torch's threads, and hands the logits back to the same
 draw as every other path: the same seed gives the same text up to float32 rounding (the
-sums run in another order, ~1e-7), as with ONNX Runtime.
+sums run in another order, ~1e-7), as with ONNX Runtime. With `--quantize int8` the matrices
+are int8 with one scale per row (weight-only: the products stay float32), 4x fewer bytes a
+step, at a quality cost measured in BENCHMARKS.md; opt-in like every int8 path.
 
 The kernel is compiled on first use by the machine's C compiler (`$CC`, else cc, gcc or
 clang; -O3 -march=native, OpenMP where the compiler has it) into the user's cache
@@ -39,10 +41,20 @@ FLAG_SETS = (["-fopenmp", "-march=native"], ["-march=native"], [])
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC"]
 
 
-class _Model(ctypes.Structure):
-    _fields_ = [("layers", ctypes.c_int), ("hidden", ctypes.c_int), ("vocab", ctypes.c_int)] + [
-        (name, ctypes.c_void_p) for name in ("table", "w0", "w", "b", "wh", "bh")
+POINTERS = ("table", "w0", "w", "b", "wh", "bh", "q0", "q", "qh", "s0", "s", "sh")
+
+
+class _Model(ctypes.Structure):  # native_lstm.c's charnn_lstm
+    _fields_ = [(name, ctypes.c_int) for name in ("layers", "hidden", "vocab", "int8")] + [
+        (name, ctypes.c_void_p) for name in POINTERS
     ]
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows and one float32 scale per row (symmetric: the row's largest |w| becomes 127)."""
+    scale = w.abs().amax(dim=1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale.float()
 
 
 def cache_dir() -> Path:
@@ -98,6 +110,7 @@ def build() -> Path:
             done = subprocess.run([cc, *BASE_FLAGS, *flags, str(SOURCE), "-o", tmp, "-lm"],
                                   capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
+                ctypes.CDLL(tmp)  # loads (every symbol bound now), or OSError: the next flags
                 os.replace(tmp, out)  # concurrent builds each write their own file; either wins
                 return out
             errors = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
@@ -124,9 +137,11 @@ def _library(path: str):
 
 class NativeLSTMStep:
     """`(ids (1,), h (L, 1, H), c (L, 1, H)) -> (logits (1, V), h, c)` of a FusedStep of an
-    LSTM, run by native_lstm.c. Holds its own contiguous float32 copy of the weights."""
+    LSTM, run by native_lstm.c. Holds its own contiguous copy of the weights: float32, or with
+    `quantize="int8"` every matrix in int8 with one scale per row (`quantize_rows`; the input
+    table and the biases stay float32)."""
 
-    def __init__(self, step) -> None:
+    def __init__(self, step, quantize: str = "none") -> None:
         if step.kind != "lstm":
             raise CharnnError(f"--backend native runs LSTMs; this model is a {step.kind}: use --backend torch")
         with torch.no_grad():
@@ -134,13 +149,21 @@ class NativeLSTMStep:
             if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in parts):
                 raise CharnnError("--backend native runs float32 weights on the CPU; use --backend torch")
             H, L = step.hidden, step.layers
-            deeper_w = [lin.weight for lin in step.deeper] or [torch.zeros(0)]
-            deeper_b = [lin.bias for lin in step.deeper] or [torch.zeros(0)]
-            self._keep = [t.detach().float().contiguous().clone() for t in (
-                step.table, step.first.weight, torch.cat([w.reshape(-1) for w in deeper_w]),
-                torch.cat([b.reshape(-1) for b in deeper_b]), step.head.weight, step.head.bias)]
+            stacked = {  # the deeper layers' matrices and biases, one after another
+                "w": torch.cat([lin.weight for lin in step.deeper]) if step.deeper else torch.zeros(0, 2 * H),
+                "b": torch.cat([lin.bias for lin in step.deeper]) if step.deeper else torch.zeros(0),
+            }
+            arrays = {"table": step.table, "b": stacked["b"], "bh": step.head.bias}
+            matrices = {"w0": step.first.weight, "w": stacked["w"], "wh": step.head.weight}
+            for name, w in matrices.items():
+                if quantize == "int8":
+                    arrays[f"q{name[1:]}"], arrays[f"s{name[1:]}"] = quantize_rows(w.detach().float())
+                else:
+                    arrays[name] = w
+            self._keep = {k: t.detach().contiguous().clone() for k, t in arrays.items()}
         self.layers, self.hidden, self.vocab = L, H, step.head.out_features
-        self._model = _Model(L, H, self.vocab, *(t.data_ptr() for t in self._keep))
+        self._model = _Model(L, H, self.vocab, int(quantize == "int8"),
+                             *(self._keep[k].data_ptr() if k in self._keep else None for k in POINTERS))
         self._ref = ctypes.byref(self._model)
         self._fn = _library(str(build()))
 

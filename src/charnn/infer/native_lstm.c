@@ -1,4 +1,4 @@
-/* One character of a charnn LSTM, one stream, float32: the step behind `--backend native`.
+/* One character of a charnn LSTM, one stream, float32 or int8 weights: `--backend native`.
  *
  * Sampling one stream reads every weight once per character, so its speed is bounded by
  * memory bandwidth. torch runs the step as ~30 separate calls; this file runs it as one, the
@@ -10,6 +10,8 @@
  *   w      (L-1) x 4H x 2H   layer k >= 1: [W_ih | W_hh], applied to [h_{k-1} new, h_k old]
  *   b      (L-1) x 4H        layer k >= 1: b_ih + b_hh
  *   wh, bh vocab x H, vocab  the head
+ * With int8 set, the three kinds of matrix are int8 with one float32 scale per row (symmetric,
+ * weight-only: the products run in float32 on the dequantised values), 4x fewer bytes a step.
  * Built by charnn.infer.native with the machine's C compiler; without OpenMP it runs on one
  * thread. Each row's sum is the same whatever the number of threads.
  */
@@ -17,10 +19,27 @@
 #include <omp.h>
 #endif
 #include <math.h>
+#if defined(_OPENMP) && defined(__x86_64__) && defined(__GLIBC__)
+#if __GLIBC_PREREQ(2, 35)
+/* glibc's vector expf and tanhf (libmvec, within 4 ulp; tanhf since glibc 2.35), which its
+ * headers declare only under -ffast-math: the cell's loop then runs a vector of units at a
+ * time. charnn.infer.native loads the built library before keeping it, so a missing variant
+ * means the next, plainer build, never a failed call. */
+#pragma omp declare simd notinbranch
+extern float expf(float);
+#pragma omp declare simd notinbranch
+extern float tanhf(float);
+#endif
+#endif
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 typedef struct {
-    int layers, hidden, vocab;
-    const float *table, *w0, *w, *b, *wh, *bh;
+    int layers, hidden, vocab, int8;
+    const float *table, *w0, *w, *b, *wh, *bh; /* w0, w, wh: float32 weights when int8 == 0 */
+    const signed char *q0, *q, *qh;            /* int8 == 1: the same matrices in int8 ... */
+    const float *s0, *s, *sh;                  /* ... times one scale per row */
 } charnn_lstm;
 
 /* Four rows `stride` apart, dotted with x in one pass over x. */
@@ -39,6 +58,47 @@ static inline void dot4(const float *restrict a, long stride, const float *restr
     out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
 }
 
+/* The same for int8 rows (weight-only quantisation: x stays float32). With AVX-512 each 16
+ * weights are widened by one instruction straight from memory (compilers otherwise take two
+ * steps through int16 and a shuffle, which made this loop compute-bound). */
+static inline void dot4_i8(const signed char *restrict a, long stride, const float *restrict x, int n,
+                           float *out) {
+    const signed char *a0 = a, *a1 = a + stride, *a2 = a + 2 * stride, *a3 = a + 3 * stride;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    int k0 = 0;
+#ifdef __AVX512F__
+    __m512 v0 = _mm512_setzero_ps(), v1 = _mm512_setzero_ps(), v2 = _mm512_setzero_ps(),
+           v3 = _mm512_setzero_ps();
+#define CHARNN_WIDEN(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+    for (; k0 + 16 <= n; k0 += 16) {
+        const __m512 v = _mm512_loadu_ps(x + k0);
+        v0 = _mm512_fmadd_ps(CHARNN_WIDEN(a0 + k0), v, v0);
+        v1 = _mm512_fmadd_ps(CHARNN_WIDEN(a1 + k0), v, v1);
+        v2 = _mm512_fmadd_ps(CHARNN_WIDEN(a2 + k0), v, v2);
+        v3 = _mm512_fmadd_ps(CHARNN_WIDEN(a3 + k0), v, v3);
+    }
+#undef CHARNN_WIDEN
+    s0 = _mm512_reduce_add_ps(v0), s1 = _mm512_reduce_add_ps(v1);
+    s2 = _mm512_reduce_add_ps(v2), s3 = _mm512_reduce_add_ps(v3);
+#endif
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int k = k0; k < n; k++) {
+        const float v = x[k];
+        s0 += (float)a0[k] * v;
+        s1 += (float)a1[k] * v;
+        s2 += (float)a2[k] * v;
+        s3 += (float)a3[k] * v;
+    }
+    out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+static inline float dot_i8(const signed char *restrict a, const float *restrict x, int n) {
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int k = 0; k < n; k++) s += (float)a[k] * x[k];
+    return s;
+}
+
 static inline float dot(const float *restrict a, const float *restrict x, int n) {
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -48,25 +108,40 @@ static inline float dot(const float *restrict a, const float *restrict x, int n)
 
 static inline float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-/* One unit range [lo, hi) of layer l: gates, cell and hidden state. */
+#define CHARNN_BLOCK 16
+
+/* One unit range [lo, hi) of layer l: gates, cell and hidden state. The gates of a block of
+ * units are gathered first, then the cell runs over the block as one vector loop (sigmoid
+ * and tanh one unit at a time cost more than the matrix rows of an int8 step). */
 static void layer_units(const charnn_lstm *m, int l, int id, const float *x, const float *c_in,
                         float *h_out, float *c_out, int lo, int hi) {
     const int H = m->hidden;
-    for (int j = lo; j < hi; j++) {
-        float g[4];
-        if (l == 0) {
-            dot4(m->w0 + (long)j * H, (long)H * H, x, H, g);
-            const float *t = m->table + (long)id * 4 * H + j;
-            for (int q = 0; q < 4; q++) g[q] += t[(long)q * H];
-        } else {
-            const long rows = 4L * H * 2 * H;
-            dot4(m->w + (l - 1) * rows + (long)j * 2 * H, (long)H * 2 * H, x, 2 * H, g);
-            const float *bias = m->b + (long)(l - 1) * 4 * H + j;
-            for (int q = 0; q < 4; q++) g[q] += bias[(long)q * H];
+    const int n = l == 0 ? H : 2 * H;                 /* the row length of this layer */
+    const long first = l == 0 ? 0 : (l - 1) * 4L * H; /* its first row among the stacked layers */
+    /* layer 0 adds its input part (both biases in it), a deeper layer its biases */
+    const float *add = l == 0 ? m->table + (long)id * 4 * H : m->b + first;
+    for (int j0 = lo; j0 < hi; j0 += CHARNN_BLOCK) {
+        const int nb = hi - j0 < CHARNN_BLOCK ? hi - j0 : CHARNN_BLOCK;
+        float gi[CHARNN_BLOCK], gf[CHARNN_BLOCK], gg[CHARNN_BLOCK], go[CHARNN_BLOCK];
+        for (int u = 0; u < nb; u++) {
+            const int j = j0 + u;
+            float g[4];
+            if (m->int8) {
+                const float *scale = (l == 0 ? m->s0 : m->s) + first + j;
+                dot4_i8((l == 0 ? m->q0 : m->q) + (first + j) * n, (long)H * n, x, n, g);
+                for (int q = 0; q < 4; q++) g[q] *= scale[(long)q * H];
+            } else {
+                dot4((l == 0 ? m->w0 : m->w) + (first + j) * n, (long)H * n, x, n, g);
+            }
+            gi[u] = g[0] + add[j], gf[u] = g[1] + add[H + j];
+            gg[u] = g[2] + add[2L * H + j], go[u] = g[3] + add[3L * H + j];
         }
-        const float c = sigmoid(g[1]) * c_in[j] + sigmoid(g[0]) * tanhf(g[2]);
-        c_out[j] = c;
-        h_out[j] = sigmoid(g[3]) * tanhf(c);
+#pragma omp simd
+        for (int u = 0; u < nb; u++) {
+            const float c = sigmoid(gf[u]) * c_in[j0 + u] + sigmoid(gi[u]) * tanhf(gg[u]);
+            c_out[j0 + u] = c;
+            h_out[j0 + u] = sigmoid(go[u]) * tanhf(c);
+        }
     }
 }
 
@@ -81,7 +156,11 @@ void charnn_lstm_step(const charnn_lstm *m, int id, const float *h_in, const flo
 #ifdef _OPENMP
         T = omp_get_num_threads(), t = omp_get_thread_num();
 #endif
-        const int lo = H * t / T, hi = H * (t + 1) / T;
+        /* whole blocks of units per thread, so that a unit's cell runs in the same lane of the
+         * same block whatever the number of threads: the same numbers on 1 thread or 16 */
+        const int blocks = (H + CHARNN_BLOCK - 1) / CHARNN_BLOCK;
+        const int lo = blocks * t / T * CHARNN_BLOCK, hi_block = blocks * (t + 1) / T * CHARNN_BLOCK;
+        const int hi = hi_block < H ? hi_block : H;
         for (int l = 0; l < L; l++) {
             const float *x = l == 0 ? h_in : xh;
             layer_units(m, l, id, x, c_in + (long)l * H, h_out + (long)l * H, c_out + (long)l * H,
@@ -96,6 +175,8 @@ void charnn_lstm_step(const charnn_lstm *m, int id, const float *h_in, const flo
             }
         }
         const float *h = h_out + (long)(L - 1) * H;
-        for (int v = V * t / T; v < V * (t + 1) / T; v++) logits[v] = m->bh[v] + dot(m->wh + (long)v * H, h, H);
+        for (int v = V * t / T; v < V * (t + 1) / T; v++)
+            logits[v] = m->bh[v] + (m->int8 ? m->sh[v] * dot_i8(m->qh + (long)v * H, h, H)
+                                            : dot(m->wh + (long)v * H, h, H));
     }
 }

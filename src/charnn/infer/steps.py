@@ -202,10 +202,10 @@ class Stepper:
             module = step_module(lm).to(self.device)
             self._module = int8_module(module) if quantize == "int8" else module
         self._native = None
-        if backend == "native":
+        if backend == "native":  # one stream in C (its own int8 for "int8"); batches in torch
             from charnn.infer.native import NativeLSTMStep
 
-            self._native = NativeLSTMStep(self._module)
+            self._native = NativeLSTMStep(module, quantize)
 
     def __call__(self, ids: torch.Tensor, state=None):
         return self.lm(ids, state)
@@ -253,7 +253,8 @@ def make_stepper(
 ) -> Stepper:
     """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
 
-    "native" (opt-in, LSTM, float32, CPU) steps one stream in C, a batch in torch.
+    "native" (opt-in, LSTM, CPU) steps one stream in C (with "int8": its own weight-only
+    int8, one scale per row), a batch in torch (torch's int8 for "int8").
     auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
     step with less overhead per call) or int8 is asked for, else the torch fast path; "torch"
     with quantize="int8" is torch's own int8 step (CPU, LSTM/GRU/RNN). An export made here for
@@ -267,10 +268,8 @@ def make_stepper(
     if quantize == "int8" and backend == "torch" and not (on_cpu and isinstance(lm.core, TorchCore)):
         raise CharnnError("--backend torch --quantize int8 runs an LSTM, GRU or RNN on the CPU; "
                           "use --backend onnx, or --device cpu")
-    if backend == "native" and (quantize != "none" or not on_cpu or not isinstance(lm.core, TorchCore)
-                                or lm.core.kind != "lstm"):
-        raise CharnnError("--backend native runs one float32 LSTM stream on the CPU (no --quantize); "
-                          "use --backend torch or onnx")
+    if backend == "native" and (not on_cpu or not isinstance(lm.core, TorchCore) or lm.core.kind != "lstm"):
+        raise CharnnError("--backend native runs one LSTM stream on the CPU; use --backend torch or onnx")
     if backend == "onnx" and not on_cpu:
         raise CharnnError("the onnx backend runs on the CPU; use --device cpu or --backend torch")
     session = None
