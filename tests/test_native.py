@@ -170,3 +170,48 @@ def test_quantize_rows_is_symmetric_per_row():
     assert q.dtype == torch.int8 and scale.dtype == torch.float32
     assert q.abs().amax(dim=1).tolist() == [127, 0, 127]  # the largest |w| of a row is 127; a zero row stays 0
     assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7)
+
+
+@needs_cc
+@pytest.mark.parametrize("temperature", [0.9, 1e-40, float("inf")])
+def test_chunked_generation_draws_what_the_torch_loop_draws(tiny_run, temperature):
+    """One stream with nothing cut draws CHUNK characters per C call (sample_steps); the ids are
+    the torch loop's, at an ordinary temperature, at one so small that float32 cannot carry
+    logits / t (every row falls back to sample_rows with its own noise row), and at inf."""
+    from charnn.infer import sampling
+
+    ref = charnn.load(tiny_run, backend="torch")
+    fast = charnn.load(tiny_run, backend="native")
+    assert fast.stepper.sample_steps is not None and getattr(ref.stepper, "sample_steps", None) is None
+    ids = ref.prime_ids("ROMEO")
+    n = 2 * sampling.CHUNK + 7  # whole chunks and a part
+    want = [int(x) for x in generate(ref.stepper, [ids], n, temperature=temperature, seed=5, banned=ref.banned)]
+    got = [int(x) for x in generate(fast.stepper, [ids], n, temperature=temperature, seed=5, banned=ref.banned)]
+    assert got == want and len(got) == n
+    assert not set(got) & set(ref.banned)
+
+
+@needs_cc
+def test_sample_steps_draws_then_steps_and_stops_where_float32_cannot_carry():
+    lm = lstm(2)
+    native_step, plain = make_stepper(lm, "native")._native, make_stepper(lm, "torch")
+    state = tuple(torch.randn_like(t) for t in lm.initial_state(1))
+    noise = torch.empty(4, 13).exponential_(generator=torch.Generator().manual_seed(0))
+    banned = torch.ones(13, dtype=torch.uint8)
+    banned[12] = 0  # only id 12 may be drawn
+    ids, logits, (h, c) = native_step.sample_steps(torch.zeros(1, 13), state, noise, 1.0, banned)
+    assert ids.tolist() == [12] * 4
+    want, want_state = None, state
+    with torch.inference_mode():
+        for _ in range(4):
+            want, want_state = plain.step(torch.tensor([12]), want_state)
+    torch.testing.assert_close(logits, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(h, want_state[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(c, want_state[1], rtol=0, atol=1e-6)
+
+    last = torch.zeros(1, 13)
+    last[0, 3] = float("nan")  # sample_next would hand this row to sample_rows: so does the kernel
+    ids, logits, (h, c) = native_step.sample_steps(last, state, noise, 1.0, torch.zeros(13, dtype=torch.uint8))
+    assert ids.numel() == 0
+    assert torch.equal(logits.isnan(), last.isnan()) and torch.equal(logits.nan_to_num(), last.nan_to_num())
+    assert torch.equal(h, state[0]) and torch.equal(c, state[1])

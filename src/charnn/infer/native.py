@@ -129,10 +129,13 @@ def _library(path: str):
         lib = ctypes.CDLL(path)
     except OSError as e:
         raise CharnnError(f"--backend native: cannot load {path}: {reason(e)}; delete it to rebuild") from None
-    fn = lib.charnn_lstm_step
-    fn.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
-    fn.restype = None
-    return fn
+    step, generate = lib.charnn_lstm_step, lib.charnn_lstm_generate
+    step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
+    step.restype = None
+    generate.argtypes = ([ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_void_p, ctypes.c_float]
+                         + [ctypes.c_void_p] * 9 + [ctypes.c_int])
+    generate.restype = ctypes.c_int
+    return step, generate
 
 
 class NativeLSTMStep:
@@ -165,7 +168,7 @@ class NativeLSTMStep:
         self._model = _Model(L, H, self.vocab, int(quantize == "int8"),
                              *(self._keep[k].data_ptr() if k in self._keep else None for k in POINTERS))
         self._ref = ctypes.byref(self._model)
-        self._fn = _library(str(build()))
+        self._fn, self._generate = _library(str(build()))
 
     def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         i = ids.item()
@@ -180,3 +183,23 @@ class NativeLSTMStep:
         self._fn(self._ref, i, h.data_ptr(), c.data_ptr(), h_out.data_ptr(), c_out.data_ptr(),
                  logits.data_ptr(), xh.data_ptr(), torch.get_num_threads())
         return logits, h_out, c_out
+
+    def sample_steps(self, last: torch.Tensor, state, noise: torch.Tensor, temperature: float,
+                     banned: torch.Tensor):
+        """Up to K characters of sampling.generate's uncut draw for one stream, in one C call:
+        from the logits `last` (1, V), draw with noise row k (K, V) at `temperature` (a float32
+        value > 0; `banned` (V,) uint8 marks ids never drawn), then step the drawn id.
+        Returns (ids (k,) int64, logits (1, V), (h, c)) after the k draws made: k < K where row
+        k is one float32 cannot carry, which the caller draws as sample_next would."""
+        h, c = (t.float().contiguous().clone() for t in state)
+        logits = last.float().reshape(-1).contiguous().clone()
+        noise = noise.float().contiguous()
+        if logits.numel() != self.vocab or noise.shape[1:] != (self.vocab,) or banned.numel() != self.vocab:
+            raise ValueError("logits, noise and banned must be over the vocabulary")
+        banned = banned.to(torch.uint8).contiguous()
+        ids = torch.empty(noise.shape[0], dtype=torch.int32)
+        h2, c2, xh, work = torch.empty_like(h), torch.empty_like(c), torch.empty(2 * self.hidden), torch.empty(self.vocab)
+        done = self._generate(self._ref, noise.shape[0], noise.data_ptr(), temperature, banned.data_ptr(),
+                              logits.data_ptr(), h.data_ptr(), c.data_ptr(), h2.data_ptr(), c2.data_ptr(),
+                              xh.data_ptr(), work.data_ptr(), ids.data_ptr(), torch.get_num_threads())
+        return ids[:done].long(), logits.view(1, self.vocab), (h, c)

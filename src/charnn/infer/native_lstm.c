@@ -180,3 +180,48 @@ void charnn_lstm_step(const charnn_lstm *m, int id, const float *h_in, const flo
                                             : dot(m->wh + (long)v * H, h, H));
     }
 }
+
+/* The draw of charnn.infer.sampling.sample_next for one stream with nothing cut: the argmax of
+ * softmax(logits / t) / noise (torch.multinomial's own draw), a banned id never. Returns the
+ * id, or -1 for a row float32 cannot carry (an infinite or NaN logit / t, nothing left): the
+ * caller draws that one in Python, exactly as sample_next would. */
+static int draw(const float *logits, const unsigned char *banned, float t, const float *noise, int V,
+                float *work) {
+    float top = -INFINITY;
+    for (int v = 0; v < V; v++) {
+        const float x = banned[v] ? -INFINITY : logits[v] / t;
+        work[v] = x;
+        if (isnan(x)) return -1;
+        if (x > top) top = x;
+    }
+    if (!isfinite(top)) return -1;
+    float sum = 0.f;
+    for (int v = 0; v < V; v++) sum += work[v] = expf(work[v] - top);
+    int best = -1;
+    float best_score = -1.f;
+    for (int v = 0; v < V; v++) {
+        const float score = work[v] / sum / noise[v];
+        if (isnan(score)) return -1;
+        if (score > best_score) best_score = score, best = v; /* the first of equal scores */
+    }
+    return best;
+}
+
+/* Up to n characters of charnn.infer.sampling.generate for one stream: draw from `logits` with
+ * noise row k, then step the drawn id. logits (V), h, c (layers x H) are read and left as they
+ * are after the last step; ids (n) receives the draws; scratch: h2, c2 (layers x H), xh (2H),
+ * work (V). Returns n, or the k < n at which row k needs Python's draw (logits, h and c then
+ * as they were before it). */
+int charnn_lstm_generate(const charnn_lstm *m, int n, const float *noise, float t,
+                         const unsigned char *banned, float *logits, float *h, float *c, float *h2,
+                         float *c2, float *xh, float *work, int *ids, int threads) {
+    const long state = (long)m->layers * m->hidden;
+    for (int k = 0; k < n; k++) {
+        const int id = draw(logits, banned, t, noise + (long)k * m->vocab, m->vocab, work);
+        if (id < 0) return k;
+        ids[k] = id;
+        charnn_lstm_step(m, id, h, c, h2, c2, logits, xh, threads);
+        for (long i = 0; i < state; i++) h[i] = h2[i], c[i] = c2[i];
+    }
+    return n;
+}

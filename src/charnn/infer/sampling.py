@@ -222,12 +222,50 @@ def generate(
 
     logits, state = model(ids)  # prime the state in one pass: (B, P, V)
     last = logits[:, -1]
+    chunked = getattr(model, "sample_steps", None)  # a stepper that draws and steps in one call
+    V = last.shape[-1]
+    if (chunked is not None and ids.shape[0] == 1 and temperature != 0 and (top_k == 0 or top_k >= V)
+            and _float32(top_p) >= 1.0 and last.dtype == torch.float32):
+        yield from _generate_chunks(model, chunked, last, state, length, temperature, top_k, top_p,
+                                    banned_ids, generator)
+        return
     for _ in range(length):
         if len(banned_ids):
             last = last.index_fill(-1, banned_ids, float("-inf"))
         nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
         yield nxt
         last, state = model.step(nxt, state)  # (B, V)
+
+
+CHUNK = 32  # characters per call of a stepper's sample_steps; the text still streams
+
+
+def _generate_chunks(model, chunked, last, state, length, temperature, top_k, top_p, banned_ids, generator):
+    """generate's loop for one stream with nothing cut, CHUNK characters per call of the
+    stepper's `sample_steps` (the native kernel, infer.native): the same noise (torch draws
+    exponential_ element after element, so K rows at once are the K rows one at a time) and
+    the same draw as sample_next's uncut path; a row float32 cannot carry goes to sample_rows,
+    as sample_next sends it, with its own noise row."""
+    V = last.shape[-1]
+    banned = torch.zeros(V, dtype=torch.uint8)
+    banned[banned_ids.cpu()] = 1
+    t = _float32(temperature)
+    left = length
+    while left:
+        noise = torch.empty(min(CHUNK, left), V).exponential_(generator=generator)  # (K, V)
+        i = 0
+        while i < len(noise):
+            got, last, state = chunked(last, state, noise[i:], t, banned)
+            yield from (got[k : k + 1] for k in range(len(got)))  # (1,) each
+            i += len(got)
+            if i < len(noise):
+                row = last.index_fill(-1, banned_ids, float("-inf")) if len(banned_ids) else last
+                nxt = sample_rows(row, torch.full((1,), t), torch.full((1,), min(int(top_k), V), dtype=torch.long),
+                                  torch.full((1,), _float32(top_p)), noise[i : i + 1])
+                yield nxt
+                last, state = model.step(nxt, state)
+                i += 1
+        left -= len(noise)
 
 
 @torch.inference_mode()

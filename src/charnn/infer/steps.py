@@ -190,6 +190,8 @@ class Stepper:
     `step(ids (B,), state)` runs the fast path of the chosen backend.
     """
 
+    sample_steps = None  # the native kernel's draw-and-step, for sampling.generate
+
     def __init__(self, lm: CharLM, backend: str = "torch", quantize: str = "none", session=None) -> None:
         self.lm = lm.eval()
         self.device = next(lm.parameters()).device
@@ -206,6 +208,7 @@ class Stepper:
             from charnn.infer.native import NativeLSTMStep
 
             self._native = NativeLSTMStep(module, quantize)
+            self.sample_steps = self._native.sample_steps  # sampling.generate draws in chunks
 
     def __call__(self, ids: torch.Tensor, state=None):
         return self.lm(ids, state)
