@@ -140,28 +140,41 @@ def test_what_native_does_not_run_is_refused(model, quantize):
         make_stepper(lm, "native", quantize)
 
 
+def int8_linear(lin):
+    """What the native int8 kernel computes for `lin`: int8 rows (quantize_rows) against the
+    input quantised to integers with one scale (its largest |x| becomes 127), summed exactly."""
+    q, scale = native.quantize_rows(lin.weight.detach())
+
+    def forward(x):
+        sx = x.abs().amax(dim=-1, keepdim=True) / 127
+        sx = torch.where(sx > 0, sx, torch.ones_like(sx))
+        acc = (torch.round(x / sx).double() @ q.double().T).float()  # integers: exact
+        out = acc * (sx * scale)
+        return out + lin.bias if lin.bias is not None else out
+
+    return forward
+
+
 @needs_cc
-@pytest.mark.parametrize("layers", [1, 2])
-def test_native_int8_is_the_dequantised_model_to_rounding(layers):
-    """--backend native --quantize int8 computes the float32 step of the weights it holds:
-    each matrix's int8 rows times their scales (quantize_rows)."""
-    lm = lstm(layers)
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_native_int8_is_integer_products_of_quantised_rows_and_inputs(layers):
+    """--backend native --quantize int8: every matrix in int8 rows with one scale each, every
+    layer's input quantised on the fly, the products exact integer sums (AVX-512 VNNI where
+    the CPU has it, plain C elsewhere: the same numbers)."""
+    lm = lstm(layers, hidden=70)  # rows of 70 and 140: whole 64-byte blocks and a tail
     fast = make_stepper(lm, "native", "int8")
     ref = FusedStep(lm)
-    with torch.no_grad():
-        for lin in [ref.first, *ref.deeper, ref.head]:
-            q, scale = native.quantize_rows(lin.weight)
-            lin.weight.copy_(q.float() * scale[:, None])
+    for lin in [ref.first, *ref.deeper, ref.head]:
+        lin.forward = int8_linear(lin)
 
     class Reference:
         def step(self, ids, state):
             logits, h, c = ref(ids, *state)
             return logits, (h, c)
 
-    want_stepper = Reference()
-    for want, got in zip(steps(want_stepper, lm), steps(fast, lm)):
+    for want, got in zip(steps(Reference(), lm), steps(fast, lm)):
         for a, b in zip(want, got):
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b, a, rtol=0, atol=2e-6)
 
 
 def test_quantize_rows_is_symmetric_per_row():
@@ -215,3 +228,19 @@ def test_sample_steps_draws_then_steps_and_stops_where_float32_cannot_carry():
     assert ids.numel() == 0
     assert torch.equal(logits.isnan(), last.isnan()) and torch.equal(logits.nan_to_num(), last.nan_to_num())
     assert torch.equal(h, state[0]) and torch.equal(c, state[1])
+
+
+@needs_cc
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_the_plainest_build_computes_the_same_step(quantize, monkeypatch, tmp_path):
+    """Where the compiler has no OpenMP and no -march=native (the last flag set build() tries),
+    the kernel runs on one thread with generic code: the same step, to float32 rounding."""
+    lm = lstm(2, hidden=70)
+    want = steps(make_stepper(lm, "native", quantize), lm)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "FLAG_SETS", ([],))
+    plain = make_stepper(lm, "native", quantize)
+    assert native.build().parent == tmp_path / "charnn" / "native"
+    for a, b in zip(want, steps(plain, lm)):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(y, x, rtol=0, atol=2e-6)

@@ -41,7 +41,7 @@ FLAG_SETS = (["-fopenmp", "-march=native"], ["-march=native"], [])
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC"]
 
 
-POINTERS = ("table", "w0", "w", "b", "wh", "bh", "q0", "q", "qh", "s0", "s", "sh")
+POINTERS = ("table", "w0", "w", "b", "wh", "bh", "q0", "q", "qh", "s0", "s", "sh", "r0", "r", "rh")
 
 
 class _Model(ctypes.Structure):  # native_lstm.c's charnn_lstm
@@ -160,7 +160,8 @@ class NativeLSTMStep:
             matrices = {"w0": step.first.weight, "w": stacked["w"], "wh": step.head.weight}
             for name, w in matrices.items():
                 if quantize == "int8":
-                    arrays[f"q{name[1:]}"], arrays[f"s{name[1:]}"] = quantize_rows(w.detach().float())
+                    q, arrays[f"s{name[1:]}"] = quantize_rows(w.detach().float())
+                    arrays[f"q{name[1:]}"], arrays[f"r{name[1:]}"] = q, q.sum(dim=1, dtype=torch.int32)
                 else:
                     arrays[name] = w
             self._keep = {k: t.detach().contiguous().clone() for k, t in arrays.items()}

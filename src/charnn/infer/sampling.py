@@ -192,7 +192,6 @@ def _redraw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor
     return torch.where(t[:, 0] == 0, rank.argmax(dim=-1), drawn)
 
 
-@torch.inference_mode()
 def generate(
     model,
     prime: Sequence[Sequence[int]] | torch.Tensor,
@@ -220,7 +219,8 @@ def generate(
     generator.manual_seed(seed if seed is not None else torch.seed())
     banned_ids = torch.as_tensor(list(banned), dtype=torch.long, device=device)
 
-    logits, state = model(ids)  # prime the state in one pass: (B, P, V)
+    with torch.inference_mode():
+        logits, state = model(ids)  # prime the state in one pass: (B, P, V)
     last = logits[:, -1]
     chunked = getattr(model, "sample_steps", None)  # a stepper that draws and steps in one call
     V = last.shape[-1]
@@ -228,7 +228,13 @@ def generate(
             and _float32(top_p) >= 1.0 and last.dtype == torch.float32):
         yield from _generate_chunks(model, chunked, last, state, length, temperature, top_k, top_p,
                                     banned_ids, generator)
-        return
+    else:
+        yield from _generate_steps(model, last, state, length, temperature, top_k, top_p, banned_ids, generator)
+
+
+@torch.inference_mode()  # every step of the generator runs in inference mode, whatever the caller's
+def _generate_steps(model, last, state, length, temperature, top_k, top_p, banned_ids, generator):
+    """generate's loop, one character per step: draw from the last logits, feed the id back."""
     for _ in range(length):
         if len(banned_ids):
             last = last.index_fill(-1, banned_ids, float("-inf"))
@@ -245,25 +251,31 @@ def _generate_chunks(model, chunked, last, state, length, temperature, top_k, to
     stepper's `sample_steps` (the native kernel, infer.native): the same noise (torch draws
     exponential_ element after element, so K rows at once are the K rows one at a time) and
     the same draw as sample_next's uncut path; a row float32 cannot carry goes to sample_rows,
-    as sample_next sends it, with its own noise row."""
+    as sample_next sends it, with its own noise row. Inference mode is entered once per chunk,
+    not once per character (what a decorated generator would cost)."""
     V = last.shape[-1]
     banned = torch.zeros(V, dtype=torch.uint8)
     banned[banned_ids.cpu()] = 1
     t = _float32(temperature)
     left = length
     while left:
-        noise = torch.empty(min(CHUNK, left), V).exponential_(generator=generator)  # (K, V)
+        with torch.inference_mode():
+            noise = torch.empty(min(CHUNK, left), V).exponential_(generator=generator)  # (K, V)
         i = 0
         while i < len(noise):
-            got, last, state = chunked(last, state, noise[i:], t, banned)
-            yield from (got[k : k + 1] for k in range(len(got)))  # (1,) each
+            with torch.inference_mode():
+                got, last, state = chunked(last, state, noise[i:], t, banned)
+            if len(got):
+                yield from got.split(1)  # (1,) each
             i += len(got)
             if i < len(noise):
-                row = last.index_fill(-1, banned_ids, float("-inf")) if len(banned_ids) else last
-                nxt = sample_rows(row, torch.full((1,), t), torch.full((1,), min(int(top_k), V), dtype=torch.long),
-                                  torch.full((1,), _float32(top_p)), noise[i : i + 1])
+                with torch.inference_mode():
+                    row = last.index_fill(-1, banned_ids, float("-inf")) if len(banned_ids) else last
+                    nxt = sample_rows(row, torch.full((1,), t), torch.full((1,), min(int(top_k), V), dtype=torch.long),
+                                      torch.full((1,), _float32(top_p)), noise[i : i + 1])
                 yield nxt
-                last, state = model.step(nxt, state)
+                with torch.inference_mode():
+                    last, state = model.step(nxt, state)
                 i += 1
         left -= len(noise)
 
