@@ -6,15 +6,18 @@ those cost as much again (BENCHMARKS.md, "Sampling against the memory-bandwidth 
 native_lstm.c does the whole step (both matrix products of every layer, the cells, the head)
 in one call, its rows split between torch's threads, and hands the logits back to the same
 draw as every other path: the same seed gives the same text up to float32 rounding (the
-sums run in another order, ~1e-7), as with ONNX Runtime. With `--quantize int8` the matrices
-are int8 with one scale per row (weight-only: the products stay float32), 4x fewer bytes a
-step, at a quality cost measured in BENCHMARKS.md; opt-in like every int8 path.
+sums run in another order, ~1e-7), as with ONNX Runtime. `sample_steps` goes further for
+sampling.generate: 32 characters per call, the draw itself in C on noise rows torch drew.
+With `--quantize int8` the matrices are int8 with one scale per row and each layer's input is
+quantised on the fly, so the products are exact integer sums (AVX-512 VNNI where the CPU has
+it), 4x fewer bytes a step, at a quality cost measured in BENCHMARKS.md; opt-in like every
+int8 path.
 
 The kernel is compiled on first use by the machine's C compiler (`$CC`, else cc, gcc or
 clang; -O3 -march=native, OpenMP where the compiler has it) into the user's cache
 (`$XDG_CACHE_HOME/charnn/native`, else ~/.cache), named by a hash of the source, the
-compiler and the CPU, and written atomically; later loads reuse it. Float32 LSTMs on the
-CPU only; a batch of several streams goes to the torch step (there the products are
+compiler and the CPU, loaded once before it is kept, and written atomically; later loads
+reuse it. LSTMs with float32 weights on the CPU only; a batch of several streams goes to the torch step (there the products are
 matrix-matrix and torch is the faster). May import errors and files.
 """
 
@@ -142,7 +145,7 @@ class NativeLSTMStep:
     """`(ids (1,), h (L, 1, H), c (L, 1, H)) -> (logits (1, V), h, c)` of a FusedStep of an
     LSTM, run by native_lstm.c. Holds its own contiguous copy of the weights: float32, or with
     `quantize="int8"` every matrix in int8 with one scale per row (`quantize_rows`; the input
-    table and the biases stay float32)."""
+    table and the biases stay float32) and its row sums, for the kernel's integer products."""
 
     def __init__(self, step, quantize: str = "none") -> None:
         if step.kind != "lstm":
@@ -175,6 +178,8 @@ class NativeLSTMStep:
         i = ids.item()
         if not 0 <= i < self.vocab:
             raise ValueError(f"id {i} outside the vocabulary (0..{self.vocab - 1})")
+        if h.numel() != self.layers * self.hidden or c.numel() != h.numel():
+            raise ValueError(f"the state must be ({self.layers}, 1, {self.hidden}) twice")
         if h.dtype != torch.float32 or not h.is_contiguous():
             h = h.float().contiguous()
         if c.dtype != torch.float32 or not c.is_contiguous():
@@ -197,6 +202,8 @@ class NativeLSTMStep:
         noise = noise.float().contiguous()
         if logits.numel() != self.vocab or noise.shape[1:] != (self.vocab,) or banned.numel() != self.vocab:
             raise ValueError("logits, noise and banned must be over the vocabulary")
+        if h.numel() != self.layers * self.hidden or c.numel() != h.numel():
+            raise ValueError(f"the state must be ({self.layers}, 1, {self.hidden}) twice")
         banned = banned.to(torch.uint8).contiguous()
         ids = torch.empty(noise.shape[0], dtype=torch.int32)
         h2, c2, xh, work = torch.empty_like(h), torch.empty_like(c), torch.empty(2 * self.hidden), torch.empty(self.vocab)

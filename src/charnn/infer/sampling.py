@@ -209,7 +209,8 @@ def generate(
     already checked (`SampleConfig.problems`) by the caller.
 
     `banned` ids (special tokens such as <unk>) are never sampled. The same seed gives the
-    same ids.
+    same ids. A stepper with `sample_steps` (the native kernel) draws one stream with nothing
+    cut CHUNK characters per call: the same noise, the same draw (_generate_chunks).
     """
     device = getattr(model, "device", None) or next(model.parameters()).device
     ids = torch.as_tensor(prime, dtype=torch.long, device=device)
