@@ -70,21 +70,26 @@ def bytes_per_char(lm, precision: str) -> int:
     return total
 
 
+def calls_per_s(fn, seconds: float) -> float:
+    """Calls of `fn` per second: the best stretch of 10 calls within `seconds` (after one untimed)."""
+    fn()
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(10):
+            fn()
+        best = max(best, 10 / (time.perf_counter() - t))
+    return best
+
+
 def bandwidth(nbytes: int, seconds: float) -> dict[str, float]:
     """Bytes per second of a copy (read + written) and of a matrix-vector product over `nbytes`."""
     n = max(1024, nbytes // 4 // 1024 * 1024)
     src, dst = torch.randn(n), torch.empty(n)
     matrix, vector = src.view(-1, 1024), torch.randn(1024)
-    best = {"copy": 0.0, "mv": 0.0}
-    for name, fn, moved in (("copy", lambda: dst.copy_(src), 8 * n), ("mv", lambda: torch.mv(matrix, vector), 4 * n)):
-        fn()
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            for _ in range(10):
-                fn()
-            best[name] = max(best[name], 10 * moved / (time.perf_counter() - t))
-    return best
+    return {"copy": 8 * n * calls_per_s(lambda: dst.copy_(src), seconds),
+            "mv": 4 * n * calls_per_s(lambda: torch.mv(matrix, vector), seconds)}
 
 
 def chars_per_s(stepper, vocab: int, batch: int, length: int, per_chunk: int = 2 * CHUNK) -> float:
@@ -121,16 +126,8 @@ def products_alone(stepper, seconds: float) -> float:
         for m, x in zip(layers, inputs):
             m(x)
 
-    best = 0.0
     with torch.inference_mode():
-        step()
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            for _ in range(10):
-                step()
-            best = max(best, 10 / (time.perf_counter() - t))
-    return best
+        return calls_per_s(step, seconds)
 
 
 def quality(lm, steppers: dict, run: str, chars: int) -> dict[str, float]:
