@@ -62,6 +62,7 @@ def sample_next(
     top_k: int = SampleConfig.top_k,
     top_p: float = SampleConfig.top_p,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next ids (B,) from logits (B, V). temperature 0 = argmax; top_k 0 and top_p 1 = off.
 
@@ -70,12 +71,15 @@ def sample_next(
     everywhere. Every setting within SampleConfig's bounds is drawn: a temperature beyond
     float32's range becomes inf (the uniform limit), a positive one below it float32's
     smallest (the argmax limit: only 0 is greedy), a top_k beyond the vocabulary its size (off).
+    `noise` (B, V), when given, is the draw's Exp(1) noise, drawn already from `generator`
+    (as _generate_chunks draws it, many rows at once).
     """
     if temperature == 0:
         return _argmax(logits)
     B, V = logits.shape
     device = logits.device
-    noise = torch.empty(B, V, device=device).exponential_(generator=generator)  # (B, V)
+    if noise is None:
+        noise = torch.empty(B, V, device=device).exponential_(generator=generator)  # (B, V)
     t = torch.full((B,), _float32(temperature), device=device)
     if (top_k == 0 or top_k >= V) and _float32(top_p) >= 1.0 and logits.dtype == torch.float32:
         # Nothing cut: sample_rows's own arithmetic, without the ~15 ops of the cuts it would
@@ -251,8 +255,8 @@ def _generate_chunks(model, chunked, last, state, length, temperature, top_k, to
     """generate's loop for one stream with nothing cut, CHUNK characters per call of the
     stepper's `sample_steps` (the native kernel, infer.native): the same noise (torch draws
     exponential_ element after element, so K rows at once are the K rows one at a time) and
-    the same draw as sample_next's uncut path; a row float32 cannot carry goes to sample_rows,
-    as sample_next sends it, with its own noise row. Inference mode is entered once per chunk,
+    the same draw as sample_next's uncut path; a row float32 cannot carry goes to sample_next
+    itself, with its own noise row. Inference mode is entered once per chunk,
     not once per character (what a decorated generator would cost)."""
     V = last.shape[-1]
     banned = torch.zeros(V, dtype=torch.uint8)
@@ -270,10 +274,9 @@ def _generate_chunks(model, chunked, last, state, length, temperature, top_k, to
                 yield from got.split(1)  # (1,) each
             i += len(got)
             if i < len(noise):
-                with torch.inference_mode():
+                with torch.inference_mode():  # the row the kernel left to sample_next, with its noise
                     row = last.index_fill(-1, banned_ids, float("-inf")) if len(banned_ids) else last
-                    nxt = sample_rows(row, torch.full((1,), t), torch.full((1,), min(int(top_k), V), dtype=torch.long),
-                                      torch.full((1,), _float32(top_p)), noise[i : i + 1])
+                    nxt = sample_next(row, temperature, top_k, top_p, noise=noise[i : i + 1])
                 yield nxt
                 with torch.inference_mode():
                     last, state = model.step(nxt, state)

@@ -256,8 +256,8 @@ def make_stepper(
 ) -> Stepper:
     """The fastest stepper for `lm` that keeps its quality unless int8 is asked for.
 
-    "native" (opt-in, LSTM, CPU) steps one stream in C (with "int8": its own weight-only
-    int8, one scale per row), a batch in torch (torch's int8 for "int8").
+    "native" (opt-in, LSTM, CPU) steps one stream in C (with "int8": its own int8, one scale
+    per row, the inputs quantised on the fly), a batch in torch (torch's int8 for "int8").
     auto: ONNX Runtime on CPU when `cache` holds an export (`charnn export`; the same float32
     step with less overhead per call) or int8 is asked for, else the torch fast path; "torch"
     with quantize="int8" is torch's own int8 step (CPU, LSTM/GRU/RNN). An export made here for
