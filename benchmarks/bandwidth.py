@@ -35,7 +35,7 @@ from charnn.infer.onnx import onnx_available
 from charnn.infer.sampling import CHUNK, generate
 from charnn.infer.steps import FusedStep, Stepper, make_stepper
 from charnn.models import ModelConfig, build_model
-from common import append_section, machine, machine_info, table
+from common import append_section, calls_per_s, machine, machine_info, table
 
 PRIME = 100  # characters of prompt before the timed steps
 BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}
@@ -68,19 +68,6 @@ def bytes_per_char(lm, precision: str) -> int:
         else:
             total += p.numel() * 4  # biases stay float32
     return total
-
-
-def calls_per_s(fn, seconds: float) -> float:
-    """Calls of `fn` per second: the best stretch of 10 calls within `seconds` (after one untimed)."""
-    fn()
-    best = 0.0
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(10):
-            fn()
-        best = max(best, 10 / (time.perf_counter() - t))
-    return best
 
 
 def bandwidth(nbytes: int, seconds: float) -> dict[str, float]:

@@ -41,6 +41,20 @@ def windows_loss(run: Path | str) -> float:
     return json.loads(out)["loss"]
 
 
+def calls_per_s(fn, seconds: float) -> float:
+    """Calls of `fn` per second: the best stretch of 10 calls within `seconds` (after one untimed),
+    so that a moment another process took counts for nothing (bandwidth.py, sampling_split.py)."""
+    fn()
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(10):
+            fn()
+        best = max(best, 10 / (time.perf_counter() - t))
+    return best
+
+
 def timed(fn, seconds: float = 2.0, min_iters: int = 3) -> tuple[float, int]:
     """Call fn repeatedly for about `seconds`; return (seconds per call, calls)."""
     fn()  # warm-up (allocations, kernel selection)

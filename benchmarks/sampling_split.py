@@ -11,27 +11,13 @@ convention as bandwidth.py), printed in microseconds per character.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from charnn.infer.sampling import generate, sample_next
 from charnn.infer.steps import make_stepper
 from charnn.models import ModelConfig, build_model
-from common import machine
-
-
-def best_stretch(fn, seconds: float) -> float:
-    """Microseconds per call: the best stretch of 10 calls within `seconds`."""
-    fn()
-    best = float("inf")
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(10):
-            fn()
-        best = min(best, (time.perf_counter() - t) / 10 * 1e6)
-    return best
+from common import calls_per_s, machine
 
 
 def main() -> None:
@@ -65,7 +51,7 @@ def main() -> None:
         best = {name: float("inf") for name in parts}
         for _ in range(args.rounds):
             for name, fn in parts.items():
-                best[name] = min(best[name], best_stretch(fn, args.seconds))
+                best[name] = min(best[name], 1e6 / calls_per_s(fn, args.seconds))
     print(machine())
     print(f"LSTM 2x{args.hidden}, one stream, torch path, us per character: "
           + ", ".join(f"{name} {us:.0f}" for name, us in best.items()))

@@ -174,12 +174,16 @@ class NativeLSTMStep:
         self._ref = ctypes.byref(self._model)
         self._fn, self._generate = _library(str(build()))
 
+    def _check_state(self, h: torch.Tensor, c: torch.Tensor) -> None:
+        """The kernel reads layers x H floats of each: a state of another size is refused here."""
+        if h.numel() != self.layers * self.hidden or c.numel() != h.numel():
+            raise ValueError(f"the state must be ({self.layers}, 1, {self.hidden}) twice")
+
     def __call__(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         i = ids.item()
         if not 0 <= i < self.vocab:
             raise ValueError(f"id {i} outside the vocabulary (0..{self.vocab - 1})")
-        if h.numel() != self.layers * self.hidden or c.numel() != h.numel():
-            raise ValueError(f"the state must be ({self.layers}, 1, {self.hidden}) twice")
+        self._check_state(h, c)
         if h.dtype != torch.float32 or not h.is_contiguous():
             h = h.float().contiguous()
         if c.dtype != torch.float32 or not c.is_contiguous():
@@ -202,8 +206,7 @@ class NativeLSTMStep:
         noise = noise.float().contiguous()
         if logits.numel() != self.vocab or noise.shape[1:] != (self.vocab,) or banned.numel() != self.vocab:
             raise ValueError("logits, noise and banned must be over the vocabulary")
-        if h.numel() != self.layers * self.hidden or c.numel() != h.numel():
-            raise ValueError(f"the state must be ({self.layers}, 1, {self.hidden}) twice")
+        self._check_state(h, c)
         banned = banned.to(torch.uint8).contiguous()
         ids = torch.empty(noise.shape[0], dtype=torch.int32)
         h2, c2, xh, work = torch.empty_like(h), torch.empty_like(c), torch.empty(2 * self.hidden), torch.empty(self.vocab)
